@@ -1,0 +1,91 @@
+/* adamw.cu — fused AdamW step (decoupled weight decay, bias correction, optional clipping).
+ *
+ * Per element, with s the clipping scale and t the step (1-based), in f32, in this order
+ * (the order of torch.optim.AdamW(fused=True), so results agree to rounding):
+ *   g  = grad * s,            s = min(1, max_norm / (grad_norm + 1e-6))  if grad_norm != NULL
+ *                              s = grad_scale                            otherwise
+ *   p  = p * (1 - lr * wd)
+ *   m  = beta1 * m + (1 - beta1) * g
+ *   v  = beta2 * v + (1 - beta2) * g * g
+ *   p  = p - (lr / bc1) * m / (sqrt(v) / bc2_sqrt + eps),  bc1 = 1 - beta1^t, bc2_sqrt = sqrt(1 - beta2^t)
+ *   param_bf16 = bf16(p)  when requested
+ *
+ * Shapes: param, m, v, grad, param_bf16: (n,); grad_norm: (1,). Everything in place.
+ * Saved for backward: nothing (an optimizer). Workspace: 0 bytes.
+ * Floor: 28 B/element moved (read p, m, v, g; write p, m, v) + 2 B with the bf16 copy;
+ *        ~16 FLOP/element (one sqrt, one division). Memory-bound on every GPU.
+ * Determinism: elementwise, no reductions.
+ * A non-finite grad_norm gives a NaN scale and NaN parameters, as torch's clip_grad_norm_ with
+ * error_if_nonfinite=False followed by AdamW does; check the norm on the host to skip such steps.
+ */
+#include "adamw.h"
+
+namespace {
+
+struct Hyper {
+  float lr, beta1, beta2, eps, decay, step_size, bc2_sqrt;
+};
+
+__device__ __forceinline__ void adamw_one(float& p, float& m, float& v, float g, const Hyper& h) {
+  p *= h.decay;
+  m = h.beta1 * m + (1.0f - h.beta1) * g;
+  v = h.beta2 * v + (1.0f - h.beta2) * g * g;
+  const float denom = sqrtf(v) / h.bc2_sqrt + h.eps;
+  p -= h.step_size * m / denom;
+}
+
+__device__ __forceinline__ bool aligned(const void* ptr, unsigned bytes) {
+  return (reinterpret_cast<uintptr_t>(ptr) & (bytes - 1)) == 0;
+}
+
+}  // namespace
+
+/* Grid-stride over float4 groups when every pointer allows 16-byte accesses (the arena's
+ * 256-byte alignment guarantees it), else over single elements. Block: any multiple of 32. */
+extern "C" __global__ void __launch_bounds__(256) adamw_f32(const SnugAdamwParams prm) {
+  float scale = prm.grad_scale;
+  if (prm.grad_norm != nullptr) {
+    scale = fminf(1.0f, prm.max_norm / (__ldg(prm.grad_norm) + 1e-6f));
+  }
+  const Hyper h{prm.lr, prm.beta1, prm.beta2, prm.eps, 1.0f - prm.lr * prm.weight_decay,
+                prm.lr / prm.bias_correction1, prm.bias_correction2_sqrt};
+  const uint64_t n = prm.n;
+  const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+  const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+  const bool vec = aligned(prm.param, 16) && aligned(prm.m, 16) && aligned(prm.v, 16) &&
+                   aligned(prm.grad, 16) && (prm.param_bf16 == nullptr || aligned(prm.param_bf16, 8));
+  uint64_t done = 0;
+  if (vec) {
+    const uint64_t n4 = n / 4;
+    float4* p4 = reinterpret_cast<float4*>(prm.param);
+    float4* m4 = reinterpret_cast<float4*>(prm.m);
+    float4* v4 = reinterpret_cast<float4*>(prm.v);
+    const float4* g4 = reinterpret_cast<const float4*>(prm.grad);
+    for (uint64_t i = tid; i < n4; i += stride) {
+      float4 p = p4[i], m = m4[i], v = v4[i];
+      const float4 g = __ldg(g4 + i);
+      adamw_one(p.x, m.x, v.x, g.x * scale, h);
+      adamw_one(p.y, m.y, v.y, g.y * scale, h);
+      adamw_one(p.z, m.z, v.z, g.z * scale, h);
+      adamw_one(p.w, m.w, v.w, g.w * scale, h);
+      p4[i] = p;
+      m4[i] = m;
+      v4[i] = v;
+      if (prm.param_bf16 != nullptr) {
+        __nv_bfloat162* b2 = reinterpret_cast<__nv_bfloat162*>(prm.param_bf16) + 2 * i;
+        b2[0] = __floats2bfloat162_rn(p.x, p.y);
+        b2[1] = __floats2bfloat162_rn(p.z, p.w);
+      }
+    }
+    done = n4 * 4;
+  }
+  for (uint64_t i = done + tid; i < n; i += stride) {
+    float p = prm.param[i], m = prm.m[i], v = prm.v[i];
+    adamw_one(p, m, v, __ldg(prm.grad + i) * scale, h);
+    prm.param[i] = p;
+    prm.m[i] = m;
+    prm.v[i] = v;
+    if (prm.param_bf16 != nullptr) prm.param_bf16[i] = __float2bfloat16_rn(p);
+  }
+}
