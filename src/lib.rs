@@ -48,7 +48,7 @@ pub mod testing;
 pub use device::{Device, Gpu};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use memory::{Arena, Borrows, Buf, BufId, BufferInfo, Loc, Plan, Role, Shape, View, ViewMut};
+pub use memory::{Arena, Borrows, Buf, BufId, BufferInfo, Loc, Plan, Role, Shape, View, ViewMut, ALIGN};
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

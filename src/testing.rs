@@ -36,7 +36,10 @@ pub fn gpu_or_skip(test: &str) -> Option<Device> {
     if require_gpu() {
         panic!("{test}: {REQUIRE_GPU_ENV}=1 but no GPU can be used: {why}");
     }
-    println!("{test}: skipped: no CUDA device ({why})");
+    // Written to the stderr handle directly, not through eprintln!, so libtest's output capture
+    // does not hide it: a skipped GPU test is visible in every run.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: no CUDA device ({why})");
     None
 }
 

@@ -105,7 +105,7 @@ impl Arena {
                 mem
             }
         };
-        Ok(Arena { plan: plan.clone(), device: device.clone(), mem, claims: RefCell::new(Vec::new()) })
+        Ok(Arena { plan: plan.snapshot(), device: device.clone(), mem, claims: RefCell::new(Vec::new()) })
     }
 
     /// The plan this arena was made from.

@@ -110,8 +110,10 @@ static NEXT_PLAN: AtomicU64 = AtomicU64::new(1);
 /// The list of a model's buffers with their byte offsets in one allocation.
 ///
 /// Buffers are placed in the order they are added, each at the next multiple of [`ALIGN`]. A
-/// plan is fixed once an [`Arena`](crate::Arena) is made from it: the arena keeps its own copy.
-#[derive(Clone, Debug)]
+/// plan only grows: an [`Arena`](crate::Arena) keeps a snapshot of the plan as it was when the
+/// arena was made, and refuses ids of buffers added later. `Plan` is deliberately not `Clone`: two
+/// diverging copies would hand out ids that mean different buffers.
+#[derive(Debug)]
 pub struct Plan {
     id: u64,
     buffers: Vec<BufferInfo>,
@@ -160,6 +162,11 @@ impl Plan {
         self.names.insert(name, index);
         self.end = end;
         Ok(Buf { id: BufId { plan: self.id, index }, _t: PhantomData })
+    }
+
+    /// A copy with the same identity, for an arena's snapshot.
+    pub(crate) fn snapshot(&self) -> Plan {
+        Plan { id: self.id, buffers: self.buffers.clone(), names: self.names.clone(), end: self.end }
     }
 
     /// Bytes of the one allocation: the end of the last buffer rounded up to [`ALIGN`].
