@@ -7,6 +7,7 @@
 //! layout: bindgen's `const` size/offset checks here, `SNUG_ASSERT_*` static_asserts in C++.
 
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, missing_docs, dead_code)]
+#![allow(clippy::undocumented_unsafe_blocks)] // generated code (bindgen's Default impls)
 
 mod bindings;
 pub use bindings::*;
