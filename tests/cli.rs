@@ -3,7 +3,9 @@
 use std::process::Command;
 
 fn info(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_snug")).arg("info").args(args).output().unwrap();
+    // $SNUG_BIN: the bundled binary when the GPU bundle runs this test away from the build tree.
+    let bin = std::env::var("SNUG_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_snug").to_string());
+    let out = Command::new(bin).arg("info").args(args).output().unwrap();
     assert!(out.status.success(), "snug info {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
