@@ -34,7 +34,10 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=.toolchain/.pins");
-    for var in ["NVCC", "CUDA_HOME", "SNUG_CUDA_ARCHS", "SNUG_NO_NVCC", "LIBCLANG_PATH"] {
+    // PATH: a newly reachable nvcc must not leave a cached CPU-only build. (A toolkit installed
+    // into /usr/local/cuda with PATH unchanged needs `cargo clean -p snug`: watching a missing
+    // file would rerun this script on every build.)
+    for var in ["NVCC", "CUDA_HOME", "PATH", "SNUG_CUDA_ARCHS", "SNUG_NO_NVCC", "LIBCLANG_PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
@@ -70,6 +73,7 @@ fn main() {
         return;
     };
 
+    println!("cargo:rerun-if-changed={}", nvcc.display());
     let version = nvcc_version(&nvcc);
     let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
     let archs = archs(major);
@@ -141,13 +145,17 @@ fn write_if_changed(path: &Path, text: &str) {
 
 fn find_nvcc(root: &Path) -> Option<PathBuf> {
     let exe = |p: PathBuf| p.is_file().then_some(p);
+    let on_path = |name: &str| std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).find_map(|d| exe(d.join(name))));
     if let Some(p) = std::env::var_os("NVCC") {
-        return exe(PathBuf::from(p));
+        // An explicit choice: a path, or a bare name looked up on PATH; never silently ignored.
+        let p = PathBuf::from(p);
+        let found = exe(p.clone()).or_else(|| if p.components().count() == 1 { p.to_str().and_then(on_path) } else { None });
+        return Some(found.unwrap_or_else(|| panic!("NVCC={} is set but is not an executable file or on PATH", p.display())));
     }
     if let Some(p) = std::env::var_os("CUDA_HOME").and_then(|h| exe(PathBuf::from(h).join("bin/nvcc"))) {
         return Some(p);
     }
-    if let Some(p) = std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).find_map(|d| exe(d.join("nvcc")))) {
+    if let Some(p) = on_path("nvcc") {
         return Some(p);
     }
     exe(PathBuf::from("/usr/local/cuda/bin/nvcc")).or_else(|| exe(root.join(".toolchain/nvidia/cu13/bin/nvcc")))
@@ -230,6 +238,7 @@ struct Stat {
 fn parse_ptxas(log: &str) -> Vec<Stat> {
     let mut out: Vec<Stat> = Vec::new();
     let mut cur: Option<Stat> = None;
+    let mut in_props = false;
     let num_before = |line: &str, unit: &str| -> Option<u64> {
         let i = line.find(unit)?;
         line[..i].split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty())?.parse().ok()
@@ -242,13 +251,22 @@ fn parse_ptxas(log: &str) -> Vec<Stat> {
             let name = rest.split('\'').next().unwrap_or("").to_string();
             let arch = rest.split("'sm_").nth(1).and_then(|a| a.trim_end_matches('\'').trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()).unwrap_or(0);
             cur = Some(Stat { name, arch, ..Default::default() });
+        } else if let Some(rest) = line.split("Function properties for ").nth(1) {
+            // A properties block belongs to the function it names: a callee's block must not
+            // overwrite the current entry's figures.
+            in_props = cur.as_ref().is_some_and(|s| s.name == rest.trim());
         } else if let Some(s) = cur.as_mut() {
             if line.contains("bytes stack frame") {
+                if !in_props {
+                    continue;
+                }
                 s.stack = num_before(line, " bytes stack frame").unwrap_or(0);
                 s.spill_stores = num_before(line, " bytes spill stores").unwrap_or(0);
                 s.spill_loads = num_before(line, " bytes spill loads").unwrap_or(0);
             } else if line.contains("Used ") && line.contains(" registers") {
                 s.registers = num_before(line, " registers").unwrap_or(0) as u32;
+                // Includes the stack of called functions.
+                s.stack = s.stack.max(num_before(line, " bytes cumulative stack size").unwrap_or(0));
                 s.barriers = num_before(line, " barriers").unwrap_or(0) as u32;
                 s.smem = num_before(line, " bytes smem").unwrap_or(0);
             }

@@ -1,4 +1,4 @@
-/* adamw.h — launch parameters of kernels/adamw.cu, shared with Rust (src/ffi.rs via bindgen). */
+/* adamw.h — launch parameters of kernels/adamw.cu, shared with Rust (src/ffi/bindings.rs via bindgen). */
 #ifndef SNUG_ADAMW_H
 #define SNUG_ADAMW_H
 

@@ -78,7 +78,7 @@ struct GpuInner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
     blas: OnceLock<std::result::Result<Arc<cudarc::cublas::CudaBlas>, String>>,
 }
 
@@ -182,7 +182,7 @@ impl Gpu {
     /// from the embedded fatbin on first use. `op` names the caller in errors.
     pub fn function(&self, op: &'static str, module: &'static str, kernel: &'static str) -> Result<CudaFunction> {
         let mut fns = self.inner.functions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = fns.get(kernel) {
+        if let Some(f) = fns.get(&(module, kernel)) {
             return Ok(f.clone());
         }
         let image = kernels::module(module).ok_or_else(|| Error::Unsupported { op, what: format!("kernel file kernels/{module}.cu") })?;
@@ -202,7 +202,7 @@ impl Gpu {
             }
         };
         let f = m.load_function(kernel).map_err(|e| Error::driver(format!("{op}: looking up kernel {kernel}"), e))?;
-        fns.insert(kernel, f.clone());
+        fns.insert((module, kernel), f.clone());
         Ok(f)
     }
 

@@ -115,6 +115,23 @@ fn clip_by_norm_equals_the_matching_scale() {
 }
 
 #[test]
+fn non_finite_norm_is_not_silently_ignored() {
+    let cfg = AdamwConfig::default();
+    let (s0, grads) = init(16, 9);
+    // NaN norm: NaN parameters (never an unclipped step).
+    let mut s = s0.clone();
+    let nan = [f32::NAN];
+    step_host(&cfg, 1, &mut s, &grads[0], Clip::Norm { norm: View::host(&nan, &[1]).unwrap(), max_norm: 1.0 }, true).unwrap();
+    assert!(s.p.iter().all(|x| x.is_nan()), "NaN norm must poison the step");
+    // Infinite norm: scale 0, i.e. the step of a zero gradient.
+    let (mut a, mut b) = (s0.clone(), s0.clone());
+    let inf = [f32::INFINITY];
+    step_host(&cfg, 1, &mut a, &grads[0], Clip::Norm { norm: View::host(&inf, &[1]).unwrap(), max_norm: 1.0 }, true).unwrap();
+    step_host(&cfg, 1, &mut b, &vec![0.0; 16], Clip::None, true).unwrap();
+    assert_eq!(a.p, b.p);
+}
+
+#[test]
 fn bad_input_is_a_typed_error() {
     let cfg = AdamwConfig::default();
     let (mut s, grads) = init(8, 1);
@@ -182,10 +199,16 @@ fn gpu_adamw_matches_f64_twin() {
             let (s0, grads) = init(n, 100 + k as u64);
             let (p, m, v, b) = gpu_run(&dev, &s0, &grads, norm, decay);
             let mut r = widen_state(&s0);
-            let nv = [norm as f64];
+            let mut r32 = s0.clone();
+            let (nv, nv32) = ([norm as f64], [norm]);
             for (t, g) in grads.iter().enumerate() {
                 step_host(&cfg, t as u64 + 1, &mut r, &widen(g), Clip::Norm { norm: View::host(&nv, &[1]).unwrap(), max_norm: 1.0 }, decay).unwrap();
+                step_host(&cfg, t as u64 + 1, &mut r32, g, Clip::Norm { norm: View::host(&nv32, &[1]).unwrap(), max_norm: 1.0 }, decay).unwrap();
             }
+            // The kernel rounds exactly like the f32 twin (no FMA contraction): bitwise equal.
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&p) == bits(&r32.p) && bits(&m) == bits(&r32.m) && bits(&v) == bits(&r32.v), "n={n}: GPU differs bitwise from the f32 twin");
+            assert_eq!(b, r32.b, "n={n}: bf16 copy differs from the f32 twin's");
             let what = format!("gpu n={n} norm={norm} decay={decay}");
             assert_close(&format!("{what} param"), &p, &r.p, Tol::F32);
             assert_close(&format!("{what} m"), &m, &r.m, Tol::F32);

@@ -191,9 +191,15 @@ impl Arena {
                 unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut T, n) };
             }
             Memory::Cuda { gpu, .. } => {
+                // On the arena's own stream, then wait: a copy on the legacy stream would not be
+                // ordered before kernels on our (non-blocking) stream, and from pageable memory it
+                // may return before the data has landed.
+                gpu.context().bind_to_thread().map_err(|e| Error::driver("binding the context", e))?;
+                // SAFETY: dst is in bounds for n Ts; `data` outlives the copy because we wait for
+                // the stream before returning.
+                unsafe { result::memcpy_htod_async(dst as u64, data, gpu.stream().cu_stream()) }
+                    .map_err(|e| Error::driver(format!("upload to {}", info.name), e))?;
                 gpu.synchronize()?;
-                // SAFETY: dst is in bounds for n Ts; the stream is idle, so no kernel uses it.
-                unsafe { result::memcpy_htod_sync(dst as u64, data) }.map_err(|e| Error::driver(format!("upload to {}", info.name), e))?;
             }
         }
         Ok(())
@@ -211,9 +217,12 @@ impl Arena {
                 unsafe { std::ptr::copy_nonoverlapping(src as *const T, out.as_mut_ptr(), n) };
             }
             Memory::Cuda { gpu, .. } => {
+                gpu.context().bind_to_thread().map_err(|e| Error::driver("binding the context", e))?;
+                // SAFETY: src is in bounds for n Ts; queued after every kernel on the stream, and
+                // `out` is only read after the stream is synchronised below.
+                unsafe { result::memcpy_dtoh_async(&mut out, src as u64, gpu.stream().cu_stream()) }
+                    .map_err(|e| Error::driver(format!("download of {}", info.name), e))?;
                 gpu.synchronize()?;
-                // SAFETY: src is in bounds for n Ts; the stream is idle.
-                unsafe { result::memcpy_dtoh_sync(&mut out, src as u64) }.map_err(|e| Error::driver(format!("download of {}", info.name), e))?;
             }
         }
         Ok(out)
@@ -244,6 +253,7 @@ impl Arena {
                 unsafe { std::ptr::write_bytes(dst as *mut u8, byte, range.len()) };
             }
             Memory::Cuda { gpu, .. } => {
+                gpu.context().bind_to_thread().map_err(|e| Error::driver("binding the context", e))?;
                 // SAFETY: in bounds; queued on the same stream as every kernel using it.
                 unsafe { result::memset_d8_async(dst as u64, byte, range.len(), gpu.stream().cu_stream()) }
                     .map_err(|e| Error::driver("cuMemsetD8Async", e))?;

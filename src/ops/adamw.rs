@@ -63,7 +63,8 @@ pub enum Clip<'a, T: Element> {
     Scale(f32),
     /// Clip by norm: scale = min(1, max_norm / (norm + 1e-6)), with `norm` a one-element buffer
     /// on the same device as the tensor (a global norm over all gradients, or this tensor's own).
-    /// A non-finite norm makes the step write NaNs, as in PyTorch; check it before stepping.
+    /// A NaN norm makes the step write NaNs and an infinite one zeroes the gradient (a decay-only
+    /// step), as in PyTorch; check the norm before stepping to skip such steps.
     Norm {
         /// The gradient norm, shape `[1]` (or `[]`).
         norm: View<'a, T>,
@@ -103,7 +104,9 @@ pub fn plan_moments(plan: &mut Plan, name: &str, shape: &[usize]) -> Result<(Buf
 /// Scalars of one step in the working precision, computed the same way on both paths.
 struct Hyper<T> {
     beta1: T,
+    one_minus_beta1: T,
     beta2: T,
+    one_minus_beta2: T,
     eps: T,
     decay: T,
     step_size: T,
@@ -199,14 +202,18 @@ pub fn adamw_step<T: Real>(cfg: &AdamwConfig, step: u64, clip: Clip<'_, T>, t: A
     }
 }
 
-/// The CPU twin, in `T` (f32 mirrors the kernel's arithmetic order; f64 is the reference).
+/// The CPU twin, in `T`. In f32 it performs the kernel's roundings in the kernel's order (the
+/// kernel uses explicitly rounded intrinsics, no FMA), so GPU and f32 twin agree bitwise; in f64
+/// it is the reference.
 fn cpu<T: Real>(cfg: &AdamwConfig, bc1: f64, bc2_sqrt: f64, clip: Clip<'_, T>, t: AdamwTensor<'_, T>) -> Result<()> {
     let c = |x: f32| T::from_f32(x).unwrap_or_else(T::nan);
     let lr = c(cfg.lr);
     let wd = if t.decay { c(cfg.weight_decay) } else { T::zero() };
     let h = Hyper {
         beta1: c(cfg.beta1),
+        one_minus_beta1: T::one() - c(cfg.beta1),
         beta2: c(cfg.beta2),
+        one_minus_beta2: T::one() - c(cfg.beta2),
         eps: c(cfg.eps),
         decay: T::one() - lr * wd,
         step_size: lr / T::from_f64(bc1).unwrap_or_else(T::nan),
@@ -217,7 +224,13 @@ fn cpu<T: Real>(cfg: &AdamwConfig, bc1: f64, bc2_sqrt: f64, clip: Clip<'_, T>, t
         Clip::Scale(s) => c(*s),
         Clip::Norm { norm, max_norm } => {
             let n = norm.as_slice().map(|s| s[0]).unwrap_or_else(T::nan);
-            (c(*max_norm) / (n + c(1e-6))).min(T::one())
+            let q = c(*max_norm) / (n + c(1e-6));
+            // Not `min`: it would turn a NaN quotient into 1 and silently skip the clipping.
+            if q >= T::one() {
+                T::one()
+            } else {
+                q
+            }
         }
     };
     let host = |what: &'static str| Error::DeviceMismatch { op: OP, arg: what, expected: "cpu".into(), got: "cuda".into() };
@@ -228,8 +241,8 @@ fn cpu<T: Real>(cfg: &AdamwConfig, bc1: f64, bc2_sqrt: f64, clip: Clip<'_, T>, t
     for i in 0..p.len() {
         let gi = g[i] * scale;
         let mut pi = p[i] * h.decay;
-        let mi = h.beta1 * m[i] + (T::one() - h.beta1) * gi;
-        let vi = h.beta2 * v[i] + (T::one() - h.beta2) * gi * gi;
+        let mi = h.beta1 * m[i] + h.one_minus_beta1 * gi;
+        let vi = h.beta2 * v[i] + h.one_minus_beta2 * gi * gi;
         let denom = vi.sqrt() / h.bc2_sqrt + h.eps;
         pi = pi - h.step_size * mi / denom;
         p[i] = pi;
