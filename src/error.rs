@@ -129,6 +129,16 @@ pub enum Error {
         /// The device.
         device: String,
     },
+    /// A checked op found a numerical problem in one item of a batch.
+    #[error("{op}: item {index} of the batch: {what}")]
+    Numerical {
+        /// The op.
+        op: &'static str,
+        /// Index of the first bad item (e.g. the matrix).
+        index: usize,
+        /// What went wrong.
+        what: String,
+    },
     /// An op was asked for a combination it does not implement (e.g. f64 on the GPU).
     #[error("{op}: {what} is not supported")]
     Unsupported {

@@ -127,7 +127,7 @@ fn non_finite_norm_is_not_silently_ignored() {
     let (mut a, mut b) = (s0.clone(), s0.clone());
     let inf = [f32::INFINITY];
     step_host(&cfg, 1, &mut a, &grads[0], Clip::Norm { norm: View::host(&inf, &[1]).unwrap(), max_norm: 1.0 }, true).unwrap();
-    step_host(&cfg, 1, &mut b, &vec![0.0; 16], Clip::None, true).unwrap();
+    step_host(&cfg, 1, &mut b, &[0.0; 16], Clip::None, true).unwrap();
     assert_eq!(a.p, b.p);
 }
 

@@ -15,3 +15,9 @@ pub use bindings::*;
 // SAFETY: plain `#[repr(C)]` structs of integers, floats and raw device pointers, passed by value
 // to kernels that declare exactly these structs (layout asserted on both sides).
 unsafe impl cudarc::driver::DeviceRepr for SnugAdamwParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugEighParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugEighBackwardParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugLaplacianPeParams {}

@@ -160,6 +160,24 @@ impl<'a, T: Element> View<'a, T> {
         let s = host_shape("reshape", self.len(), shape)?;
         Ok(View { shape: s, ..self })
     }
+
+    /// Copies the elements to a host vector; for device memory this waits for the GPU handle's
+    /// stream first (a host synchronisation: for checks and tests, not for the hot path).
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        match self.loc {
+            Loc::Host => Ok(self.as_slice().map(<[T]>::to_vec).unwrap_or_default()),
+            Loc::Cuda(gpu) => {
+                let mut out = vec![T::zeroed(); self.len()];
+                gpu.context().bind_to_thread().map_err(|e| Error::driver("binding the context", e))?;
+                // SAFETY: the view covers len() Ts of device memory on this handle; the copy is
+                // queued after every kernel on its stream, and `out` is read only after the sync.
+                unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, self.addr as u64, gpu.stream().cu_stream()) }
+                    .map_err(|e| Error::driver("copying a view to the host", e))?;
+                gpu.synchronize()?;
+                Ok(out)
+            }
+        }
+    }
 }
 
 impl<T: Element> Clone for View<'_, T> {

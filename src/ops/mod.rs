@@ -4,6 +4,8 @@
 //! reference.
 
 pub mod adamw;
+pub mod eigh;
+pub mod laplacian_pe;
 
 use crate::memory::Loc;
 use crate::{Element, Error, Result};
