@@ -24,7 +24,9 @@
  * parallel (round-robin) order: each round rotates n/2 disjoint pairs at once — rows by lane-column,
  * then columns by lane-row — and sets the rotated 2x2 block to its exact values. A rotation is
  * skipped when |a_pq| <= max(1.2e-7 sqrt|a_pp a_qq|, 1e-12) (the matrix is scaled by a power of two
- * so that max|a_ij| is in [0.5, 1)); a sweep without rotations ends the loop (warp vote).
+ * so that max|a_ij| is in [0.5, 1)); a sweep without rotations ends the loop (warp vote). f32 takes
+ * 4-9 sweeps at n <= 32 (8-11 for strongly graded spectra); max_sweeps bounds it. laplacian_pe has
+ * no info output: its L is well scaled (eigenvalues in [0.001, 2.001]), so the bound is not hit.
  * Eigenvalues are sorted by rank counting inside the warp. Everything is recomputed, nothing kept:
  * workspace 0 bytes, no host synchronisation; laplacian_pe's backward recomputes the
  * eigendecomposition from adj (saved for backward: adj only).
@@ -35,7 +37,8 @@
  * Backward: 3 n^3 FMAs (6 n^3 FLOPs), bytes 4 (3n^2 + 2n) read + 4 n^2 written.
  *
  * Launch: __launch_bounds__(256, 2) — without the min-blocks hint ptxas caps laplacian_pe at 48
- * registers on sm_90 and spills; with it every kernel fits in <= 72 registers, no spills.
+ * registers on sm_90 and spills; with it (<= 128 allowed) every kernel fits in < 100 registers
+ * with no spills (`snug info` lists the figures per arch).
  *
  * Determinism: fixed rotation order, fixed-order (butterfly) warp reductions, no atomics.
  * Non-finite input: that matrix's outputs are NaN (info = 1), other matrices are unaffected; the
@@ -241,8 +244,15 @@ __device__ __forceinline__ void rank_and_sign(const float* A, const float* V, in
 }
 
 /* The eigh VJP for one matrix: Vs (sorted eigenvectors), G (= gV, overwritten), M (scratch), lane j
- * holding w_j and gw_j (sorted order). On return G = gA (symmetric up to rounding). */
-__device__ void warp_vjp(const float* Vs, float* G, float* M, float w, float gw, float eps, int n, int ld, int lane) {
+ * holding w_j and gw_j (sorted order; 0 on lanes >= n). On return G = gA (symmetric up to
+ * rounding). F is formed from eigenvalues scaled by 2^-e (max |w| in [0.5, 1)) and scaled back,
+ * so d^2 + eps^2 neither underflows for tiny spectra nor overflows for huge ones. */
+__device__ void warp_vjp(const float* Vs, float* G, float* M, float w, float gw, float eps_rel, int n, int ld, int lane) {
+  int e = 0;
+  const float wmax = warp_max(fabsf(w));
+  if (wmax > 0.f && !isinf(wmax)) frexpf(wmax, &e);
+  const float ws = ldexpf(w, -e);
+  const float eps = eps_rel * sqrtf(warp_sum(ws * ws));
   // M = Vs^T G; lane j computes column j.
   if (lane < n)
     for (int i = 0; i < n; ++i) {
@@ -254,15 +264,15 @@ __device__ void warp_vjp(const float* Vs, float* G, float* M, float w, float gw,
   // K = diag(gw) + sym(F o M), into G (G is no longer needed).
   const float eps2 = eps * eps;
   for (int i = 0; i < n; ++i) {
-    const float wi = __shfl_sync(FULL, w, i);
+    const float wi = __shfl_sync(FULL, ws, i);
     if (lane < n) {
       float k;
       if (i == lane) {
         k = gw;
       } else {
-        const float d = w - wi;  // w_j - w_i with j = lane
+        const float d = ws - wi;  // (w_j - w_i) 2^-e with j = lane
         const float den = fmaf(d, d, eps2);
-        const float f = den > 0.f ? d / den : 0.f;
+        const float f = den > 0.f ? ldexpf(d / den, -e) : 0.f;
         k = 0.5f * f * (M[i * ld + lane] - M[lane * ld + i]);
       }
       G[i * ld + lane] = k;
@@ -287,14 +297,6 @@ __device__ void warp_vjp(const float* Vs, float* G, float* M, float w, float gw,
   __syncwarp();
 }
 
-/* ||w||_2 over lanes < n without overflow (w of lanes >= n must be 0). */
-__device__ __forceinline__ float warp_norm(float w) {
-  const float m = warp_max(fabsf(w));
-  if (!(m > 0.f) || isinf(m)) return m;
-  const float x = w / m;
-  return m * sqrtf(warp_sum(x * x));
-}
-
 /* Builds L = (1 + SHIFT) I - D^-1/2 S D^-1/2 in A from adj (n x n, global), S = (adj + adj^T)/2.
  * Lane j gets dinv = max(d_j, DEG_MIN)^-1/2 and whether d_j was clamped. Returns (warp-uniform)
  * whether adj had a non-finite entry. */
@@ -303,7 +305,7 @@ __device__ bool build_laplacian(const float* adj, float* A, int n, int ld, int l
   bool bad = false;
   if (lane < n)
     for (int i = 0; i < n; ++i) {
-      const float sij = 0.5f * (adj[i * n + lane] + adj[lane * n + i]);
+      const float sij = 0.5f * adj[i * n + lane] + 0.5f * adj[lane * n + i];  // no overflow near FLT_MAX
       A[i * ld + lane] = sij;
       d += sij;
       bad |= !isfinite(sij);
@@ -389,9 +391,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) eigh_backward_f32(const Snu
       }
     const float w = lane < n ? P.w[mat * n + lane] : 0.f;
     const float gw = (lane < n && P.gw != nullptr) ? P.gw[mat * n + lane] : 0.f;
-    const float eps = P.eps_rel * warp_norm(w);
     __syncwarp();
-    warp_vjp(s.a, s.b, s.c, w, gw, eps, n, ld, lane);
+    warp_vjp(s.a, s.b, s.c, w, gw, P.eps_rel, n, ld, lane);
     float* ga = P.ga + mat * n * n;
     if (lane < n)
       for (int i = 0; i < n; ++i) ga[i * n + lane] = s.b[i * ld + lane];
@@ -459,7 +460,7 @@ __device__ __forceinline__ void laplacian_pe_body(const SnugLaplacianPeParams& P
           s.b[i * ld + lane] = acc;
         }
       __syncwarp();
-      warp_vjp(s.c, s.b, s.a, ws, 0.f, P.eps_rel * warp_norm(ws), n, ld, lane);  // gL in s.b
+      warp_vjp(s.c, s.b, s.a, ws, 0.f, P.eps_rel, n, ld, lane);  // gL in s.b
       // gd_m = [d_m not clamped] / d_m * sum_j gL_mj N_mj, N_mj = S_mj dinv_m dinv_j (lane m).
       float gd = 0.f;
       for (int j = 0; j < n; ++j) {

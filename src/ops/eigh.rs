@@ -17,7 +17,9 @@
 //!
 //! **Backward**: `gA = V (diag(gw) + sym(F ∘ (Vᵀ gV))) Vᵀ`, `sym(X) = (X + Xᵀ)/2`,
 //! `F_ij = d/(d² + ε²)` with `d = w_j − w_i` and `ε = eps_rel·‖w‖₂ (= eps_rel·‖A‖_F)`: exact for
-//! well-separated eigenvalues, finite on degenerate spectra. Saved for backward: the outputs w and
+//! well-separated eigenvalues, finite on degenerate spectra. gA is symmetric (PyTorch's convention
+//! for a symmetric input): since the forward reads the upper triangle, perturbing the upper entry
+//! (i, j), i < j, by δ changes the loss by (gA_ij + gA_ji)·δ. Saved for backward: the outputs w and
 //! V ([`saved_bytes`]); workspace: 0.
 //!
 //! ```
@@ -47,7 +49,8 @@ const OP_BWD: &str = "eigh_backward";
 
 /// Largest matrix order (one warp per matrix, one lane per column).
 pub const MAX_N: usize = ffi::SNUG_EIGH_MAX_N as usize;
-/// Jacobi sweeps before a matrix is reported `INFO_NOT_CONVERGED` (f32 needs 5–9 at n ≤ 32).
+/// Jacobi sweeps before a matrix is reported `INFO_NOT_CONVERGED` (f32 needs 4–9 at n ≤ 32,
+/// up to 11 for strongly graded spectra).
 pub const MAX_SWEEPS: u32 = 30;
 /// Default relative broadening of the backward's `F` (ε = `eps_rel`·‖A‖_F).
 pub const DEFAULT_EPS_REL: f32 = 1e-6;

@@ -192,7 +192,7 @@ impl Group {
         let mut s = vec![0.0; n * n];
         for i in 0..n {
             for j in 0..n {
-                s[i * n + j] = 0.5 * (f(adj[i * n + j]) + f(adj[j * n + i]));
+                s[i * n + j] = 0.5 * f(adj[i * n + j]) + 0.5 * f(adj[j * n + i]);
             }
         }
         let d: Vec<f64> = (0..n).map(|i| (0..n).map(|j| s[i * n + j]).sum()).collect();
