@@ -109,6 +109,46 @@ fn host_shape(op: &'static str, len: usize, dims: &[usize]) -> Result<Shape> {
     Ok(shape)
 }
 
+/// Accessors shared by [`View`] and [`ViewMut`] (same fields, same meaning).
+macro_rules! accessors {
+    () => {
+        /// The dimensions.
+        pub fn shape(&self) -> &[usize] {
+            self.shape.dims()
+        }
+        /// Number of elements.
+        pub fn len(&self) -> usize {
+            self.shape.numel()
+        }
+        /// Whether the view holds no element.
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+        /// The element type.
+        pub fn dtype(&self) -> crate::DType {
+            T::DTYPE
+        }
+        /// Where the memory is.
+        pub fn loc(&self) -> Loc<'a> {
+            self.loc
+        }
+    };
+}
+
+macro_rules! device_and_reshape {
+    ($ty:ident) => {
+        /// The device address, for a device view.
+        pub fn device_ptr(&self) -> Option<u64> {
+            matches!(self.loc, Loc::Cuda(_)).then_some(self.addr as u64)
+        }
+        /// The same memory with another shape of the same element count.
+        pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+            let s = host_shape("reshape", self.len(), shape)?;
+            Ok($ty { shape: s, ..self })
+        }
+    };
+}
+
 impl<'a, T: Element> View<'a, T> {
     /// A view of a host slice with a shape whose element count must equal `data.len()`.
     pub fn host(data: &'a [T], shape: &[usize]) -> Result<Self> {
@@ -123,26 +163,7 @@ impl<'a, T: Element> View<'a, T> {
         View { addr, shape, loc, _m: PhantomData }
     }
 
-    /// The dimensions.
-    pub fn shape(&self) -> &[usize] {
-        self.shape.dims()
-    }
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.shape.numel()
-    }
-    /// Whether the view holds no element.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// The element type.
-    pub fn dtype(&self) -> crate::DType {
-        T::DTYPE
-    }
-    /// Where the memory is.
-    pub fn loc(&self) -> Loc<'a> {
-        self.loc
-    }
+    accessors!();
     /// The elements, for a host view; `None` for device memory.
     pub fn as_slice(&self) -> Option<&'a [T]> {
         match self.loc {
@@ -151,15 +172,7 @@ impl<'a, T: Element> View<'a, T> {
             Loc::Cuda(_) => None,
         }
     }
-    /// The device address, for a device view.
-    pub fn device_ptr(&self) -> Option<u64> {
-        matches!(self.loc, Loc::Cuda(_)).then_some(self.addr as u64)
-    }
-    /// The same memory with another shape of the same element count.
-    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
-        let s = host_shape("reshape", self.len(), shape)?;
-        Ok(View { shape: s, ..self })
-    }
+    device_and_reshape!(View);
 
     /// Copies the elements to a host vector; for device memory this waits for the GPU handle's
     /// stream first (a host synchronisation: for checks and tests, not for the hot path).
@@ -200,26 +213,7 @@ impl<'a, T: Element> ViewMut<'a, T> {
         ViewMut { addr, shape, loc, _m: PhantomData }
     }
 
-    /// The dimensions.
-    pub fn shape(&self) -> &[usize] {
-        self.shape.dims()
-    }
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.shape.numel()
-    }
-    /// Whether the view holds no element.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// The element type.
-    pub fn dtype(&self) -> crate::DType {
-        T::DTYPE
-    }
-    /// Where the memory is.
-    pub fn loc(&self) -> Loc<'a> {
-        self.loc
-    }
+    accessors!();
     /// A read-only view of the same memory for as long as `self` is borrowed.
     pub fn as_view(&self) -> View<'_, T> {
         View { addr: self.addr, shape: self.shape, loc: self.loc, _m: PhantomData }
@@ -244,15 +238,7 @@ impl<'a, T: Element> ViewMut<'a, T> {
             Loc::Cuda(_) => None,
         }
     }
-    /// The device address, for a device view.
-    pub fn device_ptr(&self) -> Option<u64> {
-        matches!(self.loc, Loc::Cuda(_)).then_some(self.addr as u64)
-    }
-    /// The same memory with another shape of the same element count.
-    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
-        let s = host_shape("reshape", self.len(), shape)?;
-        Ok(ViewMut { shape: s, ..self })
-    }
+    device_and_reshape!(ViewMut);
 }
 
 impl<T: Element> fmt::Debug for View<'_, T> {
