@@ -5,6 +5,8 @@ pub const SNUG_EIGH_MAX_N: u32 = 32;
 pub const SNUG_EIGH_OK: u32 = 0;
 pub const SNUG_EIGH_NONFINITE: u32 = 1;
 pub const SNUG_EIGH_NOT_CONVERGED: u32 = 2;
+pub const SNUG_SCAN_MAX_N: u32 = 64;
+pub const SNUG_SCAN_CHUNK: u32 = 32;
 pub type snug_bf16 = u16;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -211,6 +213,92 @@ const _: () = {
         [::core::mem::offset_of!(SnugLaplacianPeParams, eps_rel) - 68usize];
 };
 impl Default for SnugLaplacianPeParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugScanDir {
+    pub u: *const f32,
+    pub delta: *const f32,
+    pub a: *const f32,
+    pub b: *const f32,
+    pub c: *const f32,
+    pub d_skip: *const f32,
+    pub delta_bias: *const f32,
+    pub z: *const f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugScanDir"][::core::mem::size_of::<SnugScanDir>() - 64usize];
+    ["Alignment of SnugScanDir"][::core::mem::align_of::<SnugScanDir>() - 8usize];
+    ["Offset of field: SnugScanDir::u"][::core::mem::offset_of!(SnugScanDir, u) - 0usize];
+    ["Offset of field: SnugScanDir::delta"][::core::mem::offset_of!(SnugScanDir, delta) - 8usize];
+    ["Offset of field: SnugScanDir::a"][::core::mem::offset_of!(SnugScanDir, a) - 16usize];
+    ["Offset of field: SnugScanDir::b"][::core::mem::offset_of!(SnugScanDir, b) - 24usize];
+    ["Offset of field: SnugScanDir::c"][::core::mem::offset_of!(SnugScanDir, c) - 32usize];
+    ["Offset of field: SnugScanDir::d_skip"]
+        [::core::mem::offset_of!(SnugScanDir, d_skip) - 40usize];
+    ["Offset of field: SnugScanDir::delta_bias"]
+        [::core::mem::offset_of!(SnugScanDir, delta_bias) - 48usize];
+    ["Offset of field: SnugScanDir::z"][::core::mem::offset_of!(SnugScanDir, z) - 56usize];
+};
+impl Default for SnugScanDir {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugSelectiveScanParams {
+    pub dir: [SnugScanDir; 2usize],
+    pub out: *mut f32,
+    pub chunk_states: *mut f32,
+    pub s: u64,
+    pub d: u32,
+    pub l: u32,
+    pub n: u32,
+    pub npad: u32,
+    pub channels_per_block: u32,
+    pub concat: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugSelectiveScanParams"]
+        [::core::mem::size_of::<SnugSelectiveScanParams>() - 176usize];
+    ["Alignment of SnugSelectiveScanParams"]
+        [::core::mem::align_of::<SnugSelectiveScanParams>() - 8usize];
+    ["Offset of field: SnugSelectiveScanParams::dir"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, dir) - 0usize];
+    ["Offset of field: SnugSelectiveScanParams::out"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, out) - 128usize];
+    ["Offset of field: SnugSelectiveScanParams::chunk_states"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, chunk_states) - 136usize];
+    ["Offset of field: SnugSelectiveScanParams::s"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, s) - 144usize];
+    ["Offset of field: SnugSelectiveScanParams::d"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, d) - 152usize];
+    ["Offset of field: SnugSelectiveScanParams::l"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, l) - 156usize];
+    ["Offset of field: SnugSelectiveScanParams::n"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, n) - 160usize];
+    ["Offset of field: SnugSelectiveScanParams::npad"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, npad) - 164usize];
+    ["Offset of field: SnugSelectiveScanParams::channels_per_block"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, channels_per_block) - 168usize];
+    ["Offset of field: SnugSelectiveScanParams::concat"]
+        [::core::mem::offset_of!(SnugSelectiveScanParams, concat) - 172usize];
+};
+impl Default for SnugSelectiveScanParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

@@ -21,3 +21,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugEighParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugEighBackwardParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugLaplacianPeParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugSelectiveScanParams {}

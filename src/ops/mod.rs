@@ -6,6 +6,7 @@
 pub mod adamw;
 pub mod eigh;
 pub mod laplacian_pe;
+pub mod selective_scan;
 
 use crate::memory::Loc;
 use crate::{Element, Error, Result};

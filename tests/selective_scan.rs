@@ -1,0 +1,319 @@
+//! Selective scan: the f64 CPU twin against closed forms, the flip identity and finite
+//! differences (every input, both directions, both output modes); the CUDA forward against the
+//! twin at lengths around the chunk size; bad input.
+
+#![allow(clippy::needless_range_loop)]
+
+use snug::ops::selective_scan::{selective_scan, selective_scan_backward, Combine, ScanDir, ScanDirGrads, CHUNK};
+use snug::testing::{gpu_or_skip, poison, randn, rng, Tol};
+use snug::{Arena, Error, Plan, Role, View, ViewMut};
+
+/// Host inputs of one direction.
+#[derive(Clone)]
+struct Dir {
+    u: Vec<f64>,
+    delta: Vec<f64>,
+    a: Vec<f64>,
+    b: Vec<f64>,
+    c: Vec<f64>,
+    d: Vec<f64>,
+    bias: Vec<f64>,
+    z: Vec<f64>,
+}
+
+fn dir(r: &mut rand_chacha::ChaCha8Rng, s: usize, d: usize, l: usize, n: usize) -> Dir {
+    let f = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<_>>();
+    Dir {
+        u: f(randn(r, s * d * l, 1.0)),
+        delta: f(randn(r, s * d * l, 0.5)),
+        a: f(randn(r, d * n, 1.0)).iter().map(|x| -x.exp()).collect(), // Mamba: A = -exp(A_log)
+        b: f(randn(r, s * n * l, 1.0)),
+        c: f(randn(r, s * n * l, 1.0)),
+        d: f(randn(r, d, 1.0)),
+        bias: f(randn(r, d, 0.5)),
+        z: f(randn(r, s * d * l, 1.0)),
+    }
+}
+
+fn view<'a>(x: &'a Dir, s: usize, dd: usize, l: usize, n: usize, gate: bool) -> ScanDir<'a, f64> {
+    ScanDir {
+        u: View::host(&x.u, &[s, dd, l]).unwrap(),
+        delta: View::host(&x.delta, &[s, dd, l]).unwrap(),
+        a: View::host(&x.a, &[dd, n]).unwrap(),
+        b: View::host(&x.b, &[s, n, l]).unwrap(),
+        c: View::host(&x.c, &[s, n, l]).unwrap(),
+        d_skip: Some(View::host(&x.d, &[dd]).unwrap()),
+        delta_bias: Some(View::host(&x.bias, &[dd]).unwrap()),
+        z: gate.then(|| View::host(&x.z, &[s, dd, l]).unwrap()),
+    }
+}
+
+fn forward(f: &Dir, b: Option<&Dir>, combine: Combine, (s, d, l, n): (usize, usize, usize, usize)) -> Vec<f64> {
+    let width = if combine == Combine::Concat { 2 * d } else { d };
+    let mut out = vec![0.0; s * width * l];
+    let fv = view(f, s, d, l, n, true);
+    let bv = b.map(|b| view(b, s, d, l, n, combine == Combine::Concat));
+    selective_scan(&fv, bv.as_ref(), combine, ViewMut::host(&mut out, &[s, width, l]).unwrap(), None).unwrap();
+    out
+}
+
+#[test]
+fn one_state_without_decay_is_a_cumulative_sum() {
+    // N = 1, A = 0: h_l = Σ_{k<=l} dt_k B_k u_k; y = C h + D u. Reverse: suffix sums.
+    let (s, d, l, n) = (1, 1, 6, 1);
+    let mut r = rng(1);
+    let mut x = dir(&mut r, s, d, l, n);
+    x.a = vec![0.0];
+    let dt: Vec<f64> = x.delta.iter().map(|v| (v + x.bias[0]).exp().ln_1p()).collect();
+    let inc: Vec<f64> = (0..l).map(|i| dt[i] * x.b[i] * x.u[i]).collect();
+    let mut one = x.clone();
+    one.z = vec![0.0; l]; // unused below: no gate on the one-directional call
+    let mut out = vec![0.0; l];
+    let mut v = view(&one, s, d, l, n, false);
+    v.z = None;
+    selective_scan(&v, None, Combine::Sum, ViewMut::host(&mut out, &[1, 1, l]).unwrap(), None).unwrap();
+    let mut h = 0.0;
+    for i in 0..l {
+        h += inc[i];
+        let want = x.c[i] * h + x.d[0] * x.u[i];
+        assert!((out[i] - want).abs() < 1e-12, "l={i}: {} vs {want}", out[i]);
+    }
+    // Reverse direction alone = forward of the time-flipped inputs (concat's second half).
+    let mut zero = x.clone();
+    zero.u = vec![0.0; l];
+    zero.d = vec![0.0];
+    let cat = forward(&zero, Some(&x), Combine::Concat, (s, d, l, n));
+    let mut h = 0.0;
+    for i in (0..l).rev() {
+        h += inc[i];
+        let want = (x.c[i] * h + x.d[0] * x.u[i]) * (x.z[i] / (1.0 + (-x.z[i]).exp()));
+        assert!((cat[l + i] - want).abs() < 1e-12, "reverse l={i}: {} vs {want}", cat[l + i]);
+    }
+}
+
+#[test]
+fn reverse_direction_equals_forward_on_flipped_inputs() {
+    let (s, d, l, n) = (2, 3, 9, 4);
+    let mut r = rng(2);
+    let x = dir(&mut r, s, d, l, n);
+    let zero = Dir { u: vec![0.0; s * d * l], d: vec![0.0; d], ..dir(&mut r, s, d, l, n) };
+    let flip = |v: &[f64], rows: usize| -> Vec<f64> { (0..rows * l).map(|i| v[(i / l) * l + (l - 1 - i % l)]).collect() };
+    let xf = Dir { u: flip(&x.u, s * d), delta: flip(&x.delta, s * d), b: flip(&x.b, s * n), c: flip(&x.c, s * n), z: flip(&x.z, s * d), ..x.clone() };
+    let cat = forward(&zero, Some(&x), Combine::Concat, (s, d, l, n));
+    let mut one = vec![0.0; s * d * l];
+    selective_scan(&view(&xf, s, d, l, n, true), None, Combine::Sum, ViewMut::host(&mut one, &[s, d, l]).unwrap(), None).unwrap();
+    for si in 0..s {
+        for di in 0..d {
+            for li in 0..l {
+                let got = cat[(si * 2 * d + d + di) * l + li];
+                let want = one[(si * d + di) * l + (l - 1 - li)];
+                assert!((got - want).abs() < 1e-12, "s={si} d={di} l={li}: {got} vs {want}");
+            }
+        }
+    }
+}
+
+fn field(x: &mut Dir, k: usize) -> &mut Vec<f64> {
+    match k {
+        0 => &mut x.u,
+        1 => &mut x.delta,
+        2 => &mut x.a,
+        3 => &mut x.b,
+        4 => &mut x.c,
+        5 => &mut x.d,
+        6 => &mut x.bias,
+        _ => &mut x.z,
+    }
+}
+
+fn grads(g: &mut [Vec<f64>; 8], (s, d, l, n): (usize, usize, usize, usize), gated: bool) -> ScanDirGrads<'_, f64> {
+    let [du, dde, da, db, dc, dd, dbias, dz] = g;
+    ScanDirGrads {
+        du: ViewMut::host(du, &[s, d, l]).unwrap(),
+        ddelta: ViewMut::host(dde, &[s, d, l]).unwrap(),
+        da: ViewMut::host(da, &[d, n]).unwrap(),
+        db: ViewMut::host(db, &[s, n, l]).unwrap(),
+        dc: ViewMut::host(dc, &[s, n, l]).unwrap(),
+        dd_skip: Some(ViewMut::host(dd, &[d]).unwrap()),
+        ddelta_bias: Some(ViewMut::host(dbias, &[d]).unwrap()),
+        dz: gated.then(|| ViewMut::host(dz, &[s, d, l]).unwrap()),
+    }
+}
+
+/// Every gradient of both directions vs central finite differences of Σ dout·out.
+fn check_backward(combine: Combine, two_dirs: bool) {
+    let dims @ (s, d, l, n) = (2usize, 3usize, 5usize, 3usize);
+    let mut r = rng(3 + combine as u64 * 2 + two_dirs as u64);
+    let f = dir(&mut r, s, d, l, n);
+    let b = dir(&mut r, s, d, l, n);
+    let width = if combine == Combine::Concat { 2 * d } else { d };
+    let dout: Vec<f64> = randn(&mut r, s * width * l, 1.0).into_iter().map(|x| x as f64).collect();
+    let loss = |f: &Dir, b: &Dir| forward(f, two_dirs.then_some(b), combine, dims).iter().zip(&dout).map(|(x, g)| x * g).sum::<f64>();
+
+    let z = |k| vec![0.0; k];
+    let mut gf = [z(s * d * l), z(s * d * l), z(d * n), z(s * n * l), z(s * n * l), z(d), z(d), z(s * d * l)];
+    let mut gb = gf.clone();
+    {
+        let fv = view(&f, s, d, l, n, true);
+        let bv = view(&b, s, d, l, n, combine == Combine::Concat);
+        let gfv = grads(&mut gf, (s, d, l, n), true);
+        let gbv = two_dirs.then(|| grads(&mut gb, (s, d, l, n), combine == Combine::Concat));
+        selective_scan_backward(&fv, two_dirs.then_some(&bv), combine, View::host(&dout, &[s, width, l]).unwrap(), gfv, gbv).unwrap();
+    }
+    let h = 1e-6;
+    let names = ["u", "delta", "a", "b", "c", "d_skip", "delta_bias", "z"];
+    for (which, (x, g)) in [(0, (&f, &gf)), (1, (&b, &gb))] {
+        if which == 1 && !two_dirs {
+            continue;
+        }
+        for (k, name) in names.iter().enumerate() {
+            if k == 7 && which == 1 && combine == Combine::Sum {
+                continue; // the reverse gate is unused in the sum
+            }
+            let len = field(&mut x.clone(), k).len();
+            for i in 0..len {
+                let (mut fp, mut bp, mut fm, mut bm) = (f.clone(), b.clone(), f.clone(), b.clone());
+                let (p, m) = if which == 0 { (&mut fp, &mut fm) } else { (&mut bp, &mut bm) };
+                field(p, k)[i] += h;
+                field(m, k)[i] -= h;
+                let fd = (loss(&fp, &bp) - loss(&fm, &bm)) / (2.0 * h);
+                let an = g[k][i];
+                assert!((fd - an).abs() <= 1e-6 * (1.0 + fd.abs()), "{combine:?} dir {which} d{name}[{i}]: analytic {an:e}, finite difference {fd:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences_sum() {
+    check_backward(Combine::Sum, true);
+}
+
+#[test]
+fn backward_matches_finite_differences_concat() {
+    check_backward(Combine::Concat, true);
+}
+
+#[test]
+fn backward_matches_finite_differences_one_direction() {
+    check_backward(Combine::Sum, false);
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let (s, d, l, n) = (1usize, 2usize, 3usize, 2usize);
+    let mut r = rng(5);
+    let x = dir(&mut r, s, d, l, n);
+    let mut out = vec![0.0; 2 * s * d * l];
+    // Concat needs two directions; the summed reverse gate must be absent; out shape; N > 64; L = 0.
+    let v = view(&x, s, d, l, n, true);
+    let e = selective_scan(&v, None, Combine::Concat, ViewMut::host(&mut out, &[s, 2 * d, l]).unwrap(), None);
+    assert!(matches!(e, Err(Error::Value { arg: "combine", .. })), "{e:?}");
+    let e = selective_scan(&v, Some(&view(&x, s, d, l, n, true)), Combine::Sum, ViewMut::host(&mut out[..s * d * l], &[s, d, l]).unwrap(), None);
+    assert!(matches!(e, Err(Error::Value { arg: "rev.z", .. })), "{e:?}");
+    let e = selective_scan(&v, None, Combine::Sum, ViewMut::host(&mut out, &[s, 2 * d, l]).unwrap(), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "out", .. })), "{e:?}");
+    let a65 = vec![0.0; d * 65];
+    let mut big = view(&x, s, d, l, n, true);
+    big.a = View::host(&a65, &[d, 65]).unwrap();
+    let e = selective_scan(&big, None, Combine::Sum, ViewMut::host(&mut out[..s * d * l], &[s, d, l]).unwrap(), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "a", .. })), "{e:?}");
+    let mut bad_b = view(&x, s, d, l, n, true);
+    bad_b.b = View::host(&x.b[..s * n * (l - 1)], &[s, n, l - 1]).unwrap();
+    let e = selective_scan(&bad_b, None, Combine::Sum, ViewMut::host(&mut out[..s * d * l], &[s, d, l]).unwrap(), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "b", .. })), "{e:?}");
+    let empty: Vec<f64> = vec![];
+    let mut zero_l = view(&x, s, d, l, n, false);
+    zero_l.u = View::host(&empty, &[s, d, 0]).unwrap();
+    let e = selective_scan(&zero_l, None, Combine::Sum, ViewMut::host(&mut out[..0], &[s, d, 0]).unwrap(), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "u", .. })), "{e:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPU
+
+#[test]
+fn gpu_forward_matches_twin_around_the_chunk_size() {
+    let Some(dev) = gpu_or_skip("gpu_forward_matches_twin_around_the_chunk_size") else { return };
+    let mut r = rng(40);
+    for (s, d, l, n) in [(2usize, 5usize, 1usize, 16usize), (3, 7, 7, 8), (2, 16, 960, 16), (1, 3, 1000, 5), (1, 4, 4097, 64), (5, 33, CHUNK, 1)] {
+        for (combine, two) in [(Combine::Sum, true), (Combine::Concat, true), (Combine::Sum, false)] {
+            let f = dir(&mut r, s, d, l, n);
+            let b = dir(&mut r, s, d, l, n);
+            let want = forward(&f, two.then_some(&b), combine, (s, d, l, n));
+            let width = if combine == Combine::Concat { 2 * d } else { d };
+            let mut plan = Plan::new();
+            let mut bufs = Vec::new();
+            for (k, x) in [&f, &b].iter().enumerate() {
+                let add = |plan: &mut Plan, name: &str, shape: &[usize]| plan.add::<f32>(format!("{k}.{name}"), shape, Role::Activation).unwrap();
+                bufs.push((
+                    [add(&mut plan, "u", &[s, d, l]), add(&mut plan, "delta", &[s, d, l]), add(&mut plan, "z", &[s, d, l])],
+                    add(&mut plan, "a", &[d, n]),
+                    [add(&mut plan, "b", &[s, n, l]), add(&mut plan, "c", &[s, n, l])],
+                    [add(&mut plan, "d", &[d]), add(&mut plan, "bias", &[d])],
+                    (*x).clone(),
+                ));
+            }
+            let out = plan.add::<f32>("out", &[s, width, l], Role::Activation).unwrap();
+            let dirs = 1 + two as usize;
+            let states = plan.add::<f32>("states", &[dirs, s, d, l.div_ceil(CHUNK), n], Role::Saved).unwrap();
+            let mut arena = Arena::new(&dev, &plan).unwrap();
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            for (sdl, a, snl, dd, x) in &bufs {
+                arena.upload(sdl[0], &f32s(&x.u)).unwrap();
+                arena.upload(sdl[1], &f32s(&x.delta)).unwrap();
+                arena.upload(sdl[2], &f32s(&x.z)).unwrap();
+                arena.upload(*a, &f32s(&x.a)).unwrap();
+                arena.upload(snl[0], &f32s(&x.b)).unwrap();
+                arena.upload(snl[1], &f32s(&x.c)).unwrap();
+                arena.upload(dd[0], &f32s(&x.d)).unwrap();
+                arena.upload(dd[1], &f32s(&x.bias)).unwrap();
+            }
+            poison(&mut arena, out).unwrap();
+            {
+                let bw = arena.borrow();
+                let mk = |k: usize, gate: bool| {
+                    let (sdl, a, snl, dd, _) = &bufs[k];
+                    ScanDir {
+                        u: bw.read(sdl[0]).unwrap(),
+                        delta: bw.read(sdl[1]).unwrap(),
+                        a: bw.read(*a).unwrap(),
+                        b: bw.read(snl[0]).unwrap(),
+                        c: bw.read(snl[1]).unwrap(),
+                        d_skip: Some(bw.read(dd[0]).unwrap()),
+                        delta_bias: Some(bw.read(dd[1]).unwrap()),
+                        z: gate.then(|| bw.read(sdl[2]).unwrap()),
+                    }
+                };
+                let fv = mk(0, true);
+                let bv = two.then(|| mk(1, combine == Combine::Concat));
+                selective_scan(&fv, bv.as_ref(), combine, bw.write(out).unwrap(), Some(bw.write(states).unwrap())).unwrap();
+            }
+            let got = arena.download(out).unwrap();
+            let what = format!("S={s} D={d} L={l} N={n} {combine:?} two={two}");
+            let tol = Tol::F32_REDUCTION;
+            let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert!((g as f64 - w).abs() <= tol.rtol * scale, "{what}: out[{i}] {g} vs {w}");
+            }
+            assert!(arena.download(states).unwrap().iter().all(|x| x.is_finite()), "{what}: chunk states");
+        }
+    }
+}
+
+#[test]
+fn gpu_backward_is_reported_unsupported_not_wrong() {
+    let Some(dev) = gpu_or_skip("gpu_backward_is_reported_unsupported_not_wrong") else { return };
+    let (s, d, l, n) = (1usize, 2usize, 3usize, 2usize);
+    let mut plan = Plan::new();
+    let sdl: Vec<_> = ["u", "delta", "du", "dd", "dout"].iter().map(|k| plan.add::<f32>(*k, &[s, d, l], Role::Activation).unwrap()).collect();
+    let a = plan.add::<f32>("a", &[d, n], Role::Param).unwrap();
+    let da = plan.add::<f32>("da", &[d, n], Role::Grad).unwrap();
+    let snl: Vec<_> = ["b", "c", "db", "dc"].iter().map(|k| plan.add::<f32>(*k, &[s, n, l], Role::Activation).unwrap()).collect();
+    let mut arena = Arena::new(&dev, &plan).unwrap();
+    let bw = arena.borrow();
+    let x = ScanDir { u: bw.read(sdl[0]).unwrap(), delta: bw.read(sdl[1]).unwrap(), a: bw.read(a).unwrap(), b: bw.read(snl[0]).unwrap(), c: bw.read(snl[1]).unwrap(), d_skip: None, delta_bias: None, z: None };
+    let g = ScanDirGrads { du: bw.write(sdl[2]).unwrap(), ddelta: bw.write(sdl[3]).unwrap(), da: bw.write(da).unwrap(), db: bw.write(snl[2]).unwrap(), dc: bw.write(snl[3]).unwrap(), dd_skip: None, ddelta_bias: None, dz: None };
+    let e = selective_scan_backward(&x, None, Combine::Sum, bw.read(sdl[4]).unwrap(), g, None);
+    assert!(matches!(e, Err(Error::Unsupported { .. })), "{e:?}");
+}
