@@ -43,4 +43,53 @@ SNUG_ASSERT_LAYOUT(SnugSelectiveScanParams, out, 128);
 SNUG_ASSERT_LAYOUT(SnugSelectiveScanParams, s, 144);
 SNUG_ASSERT_LAYOUT(SnugSelectiveScanParams, concat, 172);
 
+/* One direction's gradients; the (D, N) and (D,) ones as per-sequence partials (workspace) that
+ * selective_scan_reduce_f32 sums over sequences in a fixed order. */
+typedef struct SnugScanDirGrads {
+  float* du;                /* (S, D, L) */
+  float* ddelta;            /* (S, D, L) */
+  float* db;                /* (S, N, L) */
+  float* dc;                /* (S, N, L) */
+  float* dz;                /* (S, D, L), or NULL when this direction's gate is not used */
+  float* da_part;           /* (S, D, N) workspace */
+  float* dd_part;           /* (S, D) workspace */
+  float* dbias_part;        /* (S, D) workspace */
+} SnugScanDirGrads;
+
+SNUG_ASSERT_SIZE(SnugScanDirGrads, 64);
+
+typedef struct SnugSelectiveScanBwdParams {
+  SnugScanDir dir[2];       /* as in the forward */
+  SnugScanDirGrads grad[2];
+  const float* dout;        /* (S, D, L) summed, (S, 2D, L) concatenated */
+  const float* chunk_states;/* (dirs, S, D, n_chunks, N) from the forward */
+  uint64_t s;
+  uint32_t d;
+  uint32_t l;
+  uint32_t n;
+  uint32_t npad;
+  uint32_t channels_per_block;
+  uint32_t concat;
+} SnugSelectiveScanBwdParams;
+
+SNUG_ASSERT_SIZE(SnugSelectiveScanBwdParams, 304);
+SNUG_ASSERT_LAYOUT(SnugSelectiveScanBwdParams, dout, 256);
+SNUG_ASSERT_LAYOUT(SnugSelectiveScanBwdParams, s, 272);
+SNUG_ASSERT_LAYOUT(SnugSelectiveScanBwdParams, concat, 300);
+
+/* Sums the per-sequence partials: da = sum_s da_part[s], dd, dbias likewise (NULL: skipped). */
+typedef struct SnugScanReduceParams {
+  float* da;                /* (D, N) */
+  float* dd;                /* (D,) or NULL */
+  float* dbias;             /* (D,) or NULL */
+  const float* da_part;     /* (S, D, N) */
+  const float* dd_part;     /* (S, D) */
+  const float* dbias_part;  /* (S, D) */
+  uint64_t s;
+  uint32_t d;
+  uint32_t n;
+} SnugScanReduceParams;
+
+SNUG_ASSERT_SIZE(SnugScanReduceParams, 64);
+
 #endif /* SNUG_SELECTIVE_SCAN_H */

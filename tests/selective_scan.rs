@@ -4,7 +4,7 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use snug::ops::selective_scan::{selective_scan, selective_scan_backward, Combine, ScanDir, ScanDirGrads, CHUNK};
+use snug::ops::selective_scan::{backward_workspace_bytes, selective_scan, selective_scan_backward, BackwardSaved, Combine, Dims, ScanDir, ScanDirGrads, CHUNK};
 use snug::testing::{gpu_or_skip, poison, randn, rng, Tol};
 use snug::{Arena, Error, Plan, Role, View, ViewMut};
 
@@ -158,7 +158,7 @@ fn check_backward(combine: Combine, two_dirs: bool) {
         let bv = view(&b, s, d, l, n, combine == Combine::Concat);
         let gfv = grads(&mut gf, (s, d, l, n), true);
         let gbv = two_dirs.then(|| grads(&mut gb, (s, d, l, n), combine == Combine::Concat));
-        selective_scan_backward(&fv, two_dirs.then_some(&bv), combine, View::host(&dout, &[s, width, l]).unwrap(), gfv, gbv).unwrap();
+        selective_scan_backward(&fv, two_dirs.then_some(&bv), combine, View::host(&dout, &[s, width, l]).unwrap(), BackwardSaved::None, gfv, gbv).unwrap();
     }
     let h = 1e-6;
     let names = ["u", "delta", "a", "b", "c", "d_skip", "delta_bias", "z"];
@@ -301,19 +301,123 @@ fn gpu_forward_matches_twin_around_the_chunk_size() {
     }
 }
 
+/// Device buffers of one direction's inputs and gradients.
+struct DevDir {
+    sdl: [snug::Buf<f32>; 3], // u, delta, z
+    a: snug::Buf<f32>,
+    snl: [snug::Buf<f32>; 2], // b, c
+    dd: [snug::Buf<f32>; 2],  // d_skip, delta_bias
+    g_sdl: [snug::Buf<f32>; 3], // du, ddelta, dz
+    g_a: snug::Buf<f32>,
+    g_snl: [snug::Buf<f32>; 2],
+    g_dd: [snug::Buf<f32>; 2],
+}
+
+fn plan_dir(plan: &mut Plan, k: usize, (s, d, l, n): (usize, usize, usize, usize)) -> DevDir {
+    let mut add = |name: &str, shape: &[usize]| plan.add::<f32>(format!("{k}.{name}"), shape, Role::Activation).unwrap();
+    DevDir {
+        sdl: [add("u", &[s, d, l]), add("delta", &[s, d, l]), add("z", &[s, d, l])],
+        a: add("a", &[d, n]),
+        snl: [add("b", &[s, n, l]), add("c", &[s, n, l])],
+        dd: [add("d", &[d]), add("bias", &[d])],
+        g_sdl: [add("du", &[s, d, l]), add("dde", &[s, d, l]), add("dz", &[s, d, l])],
+        g_a: add("da", &[d, n]),
+        g_snl: [add("db", &[s, n, l]), add("dc", &[s, n, l])],
+        g_dd: [add("dd", &[d]), add("dbias", &[d])],
+    }
+}
+
 #[test]
-fn gpu_backward_is_reported_unsupported_not_wrong() {
-    let Some(dev) = gpu_or_skip("gpu_backward_is_reported_unsupported_not_wrong") else { return };
-    let (s, d, l, n) = (1usize, 2usize, 3usize, 2usize);
-    let mut plan = Plan::new();
-    let sdl: Vec<_> = ["u", "delta", "du", "dd", "dout"].iter().map(|k| plan.add::<f32>(*k, &[s, d, l], Role::Activation).unwrap()).collect();
-    let a = plan.add::<f32>("a", &[d, n], Role::Param).unwrap();
-    let da = plan.add::<f32>("da", &[d, n], Role::Grad).unwrap();
-    let snl: Vec<_> = ["b", "c", "db", "dc"].iter().map(|k| plan.add::<f32>(*k, &[s, n, l], Role::Activation).unwrap()).collect();
-    let mut arena = Arena::new(&dev, &plan).unwrap();
-    let bw = arena.borrow();
-    let x = ScanDir { u: bw.read(sdl[0]).unwrap(), delta: bw.read(sdl[1]).unwrap(), a: bw.read(a).unwrap(), b: bw.read(snl[0]).unwrap(), c: bw.read(snl[1]).unwrap(), d_skip: None, delta_bias: None, z: None };
-    let g = ScanDirGrads { du: bw.write(sdl[2]).unwrap(), ddelta: bw.write(sdl[3]).unwrap(), da: bw.write(da).unwrap(), db: bw.write(snl[2]).unwrap(), dc: bw.write(snl[3]).unwrap(), dd_skip: None, ddelta_bias: None, dz: None };
-    let e = selective_scan_backward(&x, None, Combine::Sum, bw.read(sdl[4]).unwrap(), g, None);
-    assert!(matches!(e, Err(Error::Unsupported { .. })), "{e:?}");
+fn gpu_backward_matches_twin() {
+    let Some(dev) = gpu_or_skip("gpu_backward_matches_twin") else { return };
+    let mut r = rng(41);
+    for dims @ (s, d, l, n) in [(2usize, 5usize, 7usize, 16usize), (1, 3, 1000, 8), (2, 9, 100, 64), (3, 4, CHUNK + 1, 3)] {
+        for (combine, two) in [(Combine::Sum, true), (Combine::Concat, true), (Combine::Sum, false)] {
+            let f = dir(&mut r, s, d, l, n);
+            let b = dir(&mut r, s, d, l, n);
+            let width = if combine == Combine::Concat { 2 * d } else { d };
+            let dout: Vec<f64> = randn(&mut r, s * width * l, 1.0).into_iter().map(|x| x as f64).collect();
+            let gated_rev = combine == Combine::Concat;
+            // The twin in f64 on the f32-rounded inputs.
+            let round = |x: &Dir| -> Dir {
+                let q = |v: &[f64]| v.iter().map(|&x| x as f32 as f64).collect::<Vec<_>>();
+                Dir { u: q(&x.u), delta: q(&x.delta), a: q(&x.a), b: q(&x.b), c: q(&x.c), d: q(&x.d), bias: q(&x.bias), z: q(&x.z) }
+            };
+            let (f, b) = (round(&f), round(&b));
+            let dout: Vec<f64> = dout.iter().map(|&x| x as f32 as f64).collect();
+            let z = |k| vec![0.0; k];
+            let mut want_f = [z(s * d * l), z(s * d * l), z(d * n), z(s * n * l), z(s * n * l), z(d), z(d), z(s * d * l)];
+            let mut want_b = want_f.clone();
+            {
+                let fv = view(&f, s, d, l, n, true);
+                let bv = view(&b, s, d, l, n, gated_rev);
+                let gf = grads(&mut want_f, dims, true);
+                let gb = two.then(|| grads(&mut want_b, dims, gated_rev));
+                selective_scan_backward(&fv, two.then_some(&bv), combine, View::host(&dout, &[s, width, l]).unwrap(), BackwardSaved::None, gf, gb).unwrap();
+            }
+            let dirs = 1 + two as usize;
+            let mut plan = Plan::new();
+            let dd = [plan_dir(&mut plan, 0, dims), plan_dir(&mut plan, 1, dims)];
+            let out = plan.add::<f32>("out", &[s, width, l], Role::Activation).unwrap();
+            let bdout = plan.add::<f32>("dout", &[s, width, l], Role::Grad).unwrap();
+            let states = plan.add::<f32>("states", &[dirs, s, d, l.div_ceil(CHUNK), n], Role::Saved).unwrap();
+            let ws = plan.add::<f32>("ws", &[backward_workspace_bytes(Dims { s, d, l, n }, dirs) / 4], Role::Workspace).unwrap();
+            let mut arena = Arena::new(&dev, &plan).unwrap();
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            for (x, h) in dd.iter().zip([&f, &b]) {
+                for (buf, v) in [(x.sdl[0], &h.u), (x.sdl[1], &h.delta), (x.sdl[2], &h.z), (x.a, &h.a), (x.snl[0], &h.b), (x.snl[1], &h.c), (x.dd[0], &h.d), (x.dd[1], &h.bias)] {
+                    arena.upload(buf, &f32s(v)).unwrap();
+                }
+                for buf in x.g_sdl.iter().chain(&x.g_snl).chain(&x.g_dd).chain([&x.g_a]) {
+                    poison(&mut arena, *buf).unwrap();
+                }
+            }
+            arena.upload(bdout, &f32s(&dout)).unwrap();
+            {
+                let bw = arena.borrow();
+                let mk = |x: &DevDir, gate: bool| ScanDir {
+                    u: bw.read(x.sdl[0]).unwrap(),
+                    delta: bw.read(x.sdl[1]).unwrap(),
+                    a: bw.read(x.a).unwrap(),
+                    b: bw.read(x.snl[0]).unwrap(),
+                    c: bw.read(x.snl[1]).unwrap(),
+                    d_skip: Some(bw.read(x.dd[0]).unwrap()),
+                    delta_bias: Some(bw.read(x.dd[1]).unwrap()),
+                    z: gate.then(|| bw.read(x.sdl[2]).unwrap()),
+                };
+                let fv = mk(&dd[0], true);
+                let bv = two.then(|| mk(&dd[1], gated_rev));
+                selective_scan(&fv, bv.as_ref(), combine, bw.write(out).unwrap(), Some(bw.write(states).unwrap())).unwrap();
+                let mkg = |x: &DevDir, gate: bool| ScanDirGrads {
+                    du: bw.write(x.g_sdl[0]).unwrap(),
+                    ddelta: bw.write(x.g_sdl[1]).unwrap(),
+                    da: bw.write(x.g_a).unwrap(),
+                    db: bw.write(x.g_snl[0]).unwrap(),
+                    dc: bw.write(x.g_snl[1]).unwrap(),
+                    dd_skip: Some(bw.write(x.g_dd[0]).unwrap()),
+                    ddelta_bias: Some(bw.write(x.g_dd[1]).unwrap()),
+                    dz: gate.then(|| bw.write(x.g_sdl[2]).unwrap()),
+                };
+                let saved = BackwardSaved::Gpu { chunk_states: bw.read(states).unwrap(), workspace: bw.write(ws).unwrap() };
+                selective_scan_backward(&fv, bv.as_ref(), combine, bw.read(bdout).unwrap(), saved, mkg(&dd[0], true), two.then(|| mkg(&dd[1], gated_rev))).unwrap();
+            }
+            let names = ["du", "ddelta", "da", "db", "dc", "dd_skip", "ddelta_bias", "dz"];
+            for (k, (x, want)) in dd.iter().zip([&want_f, &want_b]).enumerate() {
+                if k == 1 && !two {
+                    continue;
+                }
+                let bufs = [x.g_sdl[0], x.g_sdl[1], x.g_a, x.g_snl[0], x.g_snl[1], x.g_dd[0], x.g_dd[1], x.g_sdl[2]];
+                for (m, (buf, name)) in bufs.iter().zip(names).enumerate() {
+                    if m == 7 && k == 1 && !gated_rev {
+                        continue;
+                    }
+                    let got = arena.download(*buf).unwrap();
+                    let scale = want[m].iter().fold(1.0f64, |a, x| a.max(x.abs()));
+                    for (i, (&g, &w)) in got.iter().zip(&want[m]).enumerate() {
+                        assert!((g as f64 - w).abs() <= 1e-4 * scale, "S={s} D={d} L={l} N={n} {combine:?} two={two} dir {k} {name}[{i}]: {g} vs {w} (scale {scale:e})");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -307,3 +307,143 @@ impl Default for SnugSelectiveScanParams {
         }
     }
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugScanDirGrads {
+    pub du: *mut f32,
+    pub ddelta: *mut f32,
+    pub db: *mut f32,
+    pub dc: *mut f32,
+    pub dz: *mut f32,
+    pub da_part: *mut f32,
+    pub dd_part: *mut f32,
+    pub dbias_part: *mut f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugScanDirGrads"][::core::mem::size_of::<SnugScanDirGrads>() - 64usize];
+    ["Alignment of SnugScanDirGrads"][::core::mem::align_of::<SnugScanDirGrads>() - 8usize];
+    ["Offset of field: SnugScanDirGrads::du"]
+        [::core::mem::offset_of!(SnugScanDirGrads, du) - 0usize];
+    ["Offset of field: SnugScanDirGrads::ddelta"]
+        [::core::mem::offset_of!(SnugScanDirGrads, ddelta) - 8usize];
+    ["Offset of field: SnugScanDirGrads::db"]
+        [::core::mem::offset_of!(SnugScanDirGrads, db) - 16usize];
+    ["Offset of field: SnugScanDirGrads::dc"]
+        [::core::mem::offset_of!(SnugScanDirGrads, dc) - 24usize];
+    ["Offset of field: SnugScanDirGrads::dz"]
+        [::core::mem::offset_of!(SnugScanDirGrads, dz) - 32usize];
+    ["Offset of field: SnugScanDirGrads::da_part"]
+        [::core::mem::offset_of!(SnugScanDirGrads, da_part) - 40usize];
+    ["Offset of field: SnugScanDirGrads::dd_part"]
+        [::core::mem::offset_of!(SnugScanDirGrads, dd_part) - 48usize];
+    ["Offset of field: SnugScanDirGrads::dbias_part"]
+        [::core::mem::offset_of!(SnugScanDirGrads, dbias_part) - 56usize];
+};
+impl Default for SnugScanDirGrads {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugSelectiveScanBwdParams {
+    pub dir: [SnugScanDir; 2usize],
+    pub grad: [SnugScanDirGrads; 2usize],
+    pub dout: *const f32,
+    pub chunk_states: *const f32,
+    pub s: u64,
+    pub d: u32,
+    pub l: u32,
+    pub n: u32,
+    pub npad: u32,
+    pub channels_per_block: u32,
+    pub concat: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugSelectiveScanBwdParams"]
+        [::core::mem::size_of::<SnugSelectiveScanBwdParams>() - 304usize];
+    ["Alignment of SnugSelectiveScanBwdParams"]
+        [::core::mem::align_of::<SnugSelectiveScanBwdParams>() - 8usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::dir"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, dir) - 0usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::grad"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, grad) - 128usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::dout"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, dout) - 256usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::chunk_states"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, chunk_states) - 264usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::s"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, s) - 272usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::d"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, d) - 280usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::l"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, l) - 284usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::n"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, n) - 288usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::npad"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, npad) - 292usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::channels_per_block"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, channels_per_block) - 296usize];
+    ["Offset of field: SnugSelectiveScanBwdParams::concat"]
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, concat) - 300usize];
+};
+impl Default for SnugSelectiveScanBwdParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugScanReduceParams {
+    pub da: *mut f32,
+    pub dd: *mut f32,
+    pub dbias: *mut f32,
+    pub da_part: *const f32,
+    pub dd_part: *const f32,
+    pub dbias_part: *const f32,
+    pub s: u64,
+    pub d: u32,
+    pub n: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugScanReduceParams"][::core::mem::size_of::<SnugScanReduceParams>() - 64usize];
+    ["Alignment of SnugScanReduceParams"][::core::mem::align_of::<SnugScanReduceParams>() - 8usize];
+    ["Offset of field: SnugScanReduceParams::da"]
+        [::core::mem::offset_of!(SnugScanReduceParams, da) - 0usize];
+    ["Offset of field: SnugScanReduceParams::dd"]
+        [::core::mem::offset_of!(SnugScanReduceParams, dd) - 8usize];
+    ["Offset of field: SnugScanReduceParams::dbias"]
+        [::core::mem::offset_of!(SnugScanReduceParams, dbias) - 16usize];
+    ["Offset of field: SnugScanReduceParams::da_part"]
+        [::core::mem::offset_of!(SnugScanReduceParams, da_part) - 24usize];
+    ["Offset of field: SnugScanReduceParams::dd_part"]
+        [::core::mem::offset_of!(SnugScanReduceParams, dd_part) - 32usize];
+    ["Offset of field: SnugScanReduceParams::dbias_part"]
+        [::core::mem::offset_of!(SnugScanReduceParams, dbias_part) - 40usize];
+    ["Offset of field: SnugScanReduceParams::s"]
+        [::core::mem::offset_of!(SnugScanReduceParams, s) - 48usize];
+    ["Offset of field: SnugScanReduceParams::d"]
+        [::core::mem::offset_of!(SnugScanReduceParams, d) - 56usize];
+    ["Offset of field: SnugScanReduceParams::n"]
+        [::core::mem::offset_of!(SnugScanReduceParams, n) - 60usize];
+};
+impl Default for SnugScanReduceParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}

@@ -23,3 +23,7 @@ unsafe impl cudarc::driver::DeviceRepr for SnugEighBackwardParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugLaplacianPeParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugSelectiveScanParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugSelectiveScanBwdParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugScanReduceParams {}

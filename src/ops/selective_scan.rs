@@ -9,18 +9,20 @@
 //!
 //! Shapes: `u, delta, z: [S, D, L]`, `A: [D, N]` (N ≤ 64), `B, C: [S, N, L]`, `D, delta_bias: [D]`.
 //!
-//! State of this op: the forward runs on the GPU (f32) and on the CPU twin (f32/f64); the backward
-//! ([`selective_scan_backward`]) exists as the CPU twin, verified against finite differences — its
-//! CUDA kernel (recompute within 32-step chunks from the forward's `chunk_states`, on-chip
-//! deterministic dB/dC reductions) is the next step, and on a GPU it returns
-//! [`Error::Unsupported`] until then. bf16 storage likewise.
+//! Backward ([`selective_scan_backward`]): recompute instead of store. The GPU forward saves the
+//! state after every 32-step chunk (`chunk_states`, [`chunk_state_bytes`]); the backward kernel
+//! recomputes the states inside one chunk at a time and walks it backwards. dB and dC are reduced
+//! over channels on chip, per sequence, in a fixed order; dA, dD and delta_bias's gradient go
+//! through per-sequence partials ([`backward_workspace_bytes`]) summed over sequences in order by a
+//! second kernel. No (S, D, L, N) tensor anywhere; deterministic. f32 on the GPU (bf16 storage is
+//! still to come); the CPU twin (f64 reference) recomputes everything.
 
 #![allow(clippy::needless_range_loop)] // index-heavy reference math reads clearer with indices
 
 use cudarc::driver::LaunchConfig;
 
 use super::{common_loc, Real};
-use crate::ffi::{self, SnugScanDir, SnugSelectiveScanParams};
+use crate::ffi::{self, SnugScanDir, SnugScanDirGrads, SnugScanReduceParams, SnugSelectiveScanBwdParams, SnugSelectiveScanParams};
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Element, Error, Result};
 
@@ -102,9 +104,21 @@ pub fn workspace_bytes(_dims: Dims) -> usize {
     0
 }
 
-/// Bytes of the chunk states the backward will use (f32, per direction): `S·D·ceil(L/32)·N·4`.
+/// Bytes of the chunk states the backward uses (f32, saved by the forward): `dirs·S·D·ceil(L/32)·N·4`.
 pub fn chunk_state_bytes(dims: Dims, dirs: usize) -> usize {
     4 * dirs * dims.s * dims.d * dims.l.div_ceil(CHUNK) * dims.n
+}
+
+/// Workspace of the GPU backward (f32 per-sequence partials of dA, dD, d(delta_bias)):
+/// `dirs·S·D·(N + 2)·4` bytes. The CPU twin needs none.
+pub fn backward_workspace_bytes(dims: Dims, dirs: usize) -> usize {
+    4 * dirs * dims.s * dims.d * (dims.n + 2)
+}
+
+/// Launch shape shared by both kernels: (threads per channel, channels per block).
+fn block_shape(n: usize) -> (usize, usize) {
+    let npad = n.next_power_of_two();
+    (npad, (128 / npad).clamp(1, 32))
 }
 
 fn dims_of<T: Element>(op: &'static str, x: &ScanDir<'_, T>) -> Result<Dims> {
@@ -206,22 +220,15 @@ pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>
             if dims.d > u32::MAX as usize || dims.l > u32::MAX as usize {
                 return Err(Error::Shape { op: OP, arg: "u", expected: "D, L < 2^32".into(), got: fwd.u.shape().to_vec() });
             }
-            let npad = dims.n.next_power_of_two();
-            let cpb = (128 / npad).clamp(1, 32);
+            let (npad, cpb) = block_shape(dims.n);
             let groups = dims.d.div_ceil(cpb) as u64;
             let blocks = groups * dims.s as u64;
             if blocks > i32::MAX as u64 {
                 return Err(Error::Shape { op: OP, arg: "u", expected: "S * ceil(D / channels per block) < 2^31 blocks".into(), got: fwd.u.shape().to_vec() });
             }
             let smem = 4 * (2 * cpb * CHUNK + 2 * dims.n * CHUNK + cpb * CHUNK * (npad + 1));
-            let ptr = |v: &View<'_, T>| v.device_ptr().unwrap_or(0) as *const f32;
-            let opt = |v: &Option<View<'_, T>>| v.as_ref().map(ptr).unwrap_or(std::ptr::null());
-            let dir = |x: Option<&ScanDir<'_, T>>| match x {
-                None => SnugScanDir::default(),
-                Some(x) => SnugScanDir { u: ptr(&x.u), delta: ptr(&x.delta), a: ptr(&x.a), b: ptr(&x.b), c: ptr(&x.c), d_skip: opt(&x.d_skip), delta_bias: opt(&x.delta_bias), z: opt(&x.z) },
-            };
             let p = SnugSelectiveScanParams {
-                dir: [dir(Some(fwd)), dir(rev)],
+                dir: [ffi_dir(Some(fwd)), ffi_dir(rev)],
                 out: out.device_ptr().unwrap_or(0) as *mut f32,
                 chunk_states: chunk_states.as_ref().and_then(|c| c.device_ptr()).unwrap_or(0) as *mut f32,
                 s: dims.s as u64,
@@ -239,6 +246,15 @@ pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>
             // the shared memory sized here (smem_floats in the kernel header).
             unsafe { gpu.launch(OP, "selective_scan", "selective_scan_fwd_f32", cfg, &p) }
         }
+    }
+}
+
+fn ffi_dir<T: Element>(x: Option<&ScanDir<'_, T>>) -> SnugScanDir {
+    let ptr = |v: &View<'_, T>| v.device_ptr().unwrap_or(0) as *const f32;
+    let opt = |v: &Option<View<'_, T>>| v.as_ref().map(ptr).unwrap_or(std::ptr::null());
+    match x {
+        None => SnugScanDir::default(),
+        Some(x) => SnugScanDir { u: ptr(&x.u), delta: ptr(&x.delta), a: ptr(&x.a), b: ptr(&x.b), c: ptr(&x.c), d_skip: opt(&x.d_skip), delta_bias: opt(&x.delta_bias), z: opt(&x.z) },
     }
 }
 
@@ -397,13 +413,31 @@ fn scan_backward(x: &Host, dims: Dims, r: usize, dy: &[f64]) -> HostGrads {
     g
 }
 
+/// What the GPU backward needs besides the inputs: the forward's chunk states and a workspace.
+/// The CPU twin recomputes everything and takes [`BackwardSaved::None`].
+#[derive(Debug)]
+pub enum BackwardSaved<'a> {
+    /// CPU twin: nothing saved.
+    None,
+    /// GPU: `chunk_states` as written by [`selective_scan`] (`[dirs, S, D, ceil(L/32), N]`) and
+    /// a workspace of [`backward_workspace_bytes`] (`[dirs·S·D·(N + 2)]` f32).
+    Gpu {
+        /// The forward's chunk states.
+        chunk_states: View<'a, f32>,
+        /// Scratch for per-sequence partial sums.
+        workspace: ViewMut<'a, f32>,
+    },
+}
+
 /// Gradients of every input of both directions from `dout` (the gradient of the forward's
-/// output). CPU twin only for now (see the module docs).
+/// output), written (not accumulated) into `gfwd` / `grev`.
+#[allow(clippy::too_many_arguments)]
 pub fn selective_scan_backward<T: Real>(
     fwd: &ScanDir<'_, T>,
     rev: Option<&ScanDir<'_, T>>,
     combine: Combine,
     dout: View<'_, T>,
+    saved: BackwardSaved<'_>,
     gfwd: ScanDirGrads<'_, T>,
     grev: Option<ScanDirGrads<'_, T>>,
 ) -> Result<()> {
@@ -438,9 +472,27 @@ pub fn selective_scan_backward<T: Real>(
     if let (Some(r), Some(g)) = (rev, &grev) {
         check_grads(g, r, combine == Combine::Concat && r.z.is_some())?;
     }
-    let loc = common_loc(OP_BWD, &locs)?;
-    if !matches!(loc, Loc::Host) || !matches!(gfwd.du.loc(), Loc::Host) {
-        return Err(Error::Unsupported { op: OP_BWD, what: "the GPU backward (not yet implemented: the CPU twin runs on host views)".into() });
+    let dirs = 1 + rev.is_some() as usize;
+    for g in std::iter::once(&gfwd).chain(grev.as_ref()) {
+        locs.extend([("du", g.du.loc()), ("ddelta", g.ddelta.loc()), ("da", g.da.loc()), ("db", g.db.loc()), ("dc", g.dc.loc())]);
+        locs.extend(g.dd_skip.iter().map(|v| ("dd_skip", v.loc())).chain(g.ddelta_bias.iter().map(|v| ("ddelta_bias", v.loc()))).chain(g.dz.iter().map(|v| ("dz", v.loc()))));
+    }
+    if let BackwardSaved::Gpu { chunk_states, workspace } = &saved {
+        check(OP_BWD, "chunk_states", chunk_states.shape(), &[dirs, dims.s, dims.d, dims.l.div_ceil(CHUNK), dims.n])?;
+        let want = backward_workspace_bytes(dims, dirs) / 4;
+        if workspace.len() < want {
+            return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: workspace.len() });
+        }
+        locs.extend([("chunk_states", chunk_states.loc()), ("workspace", workspace.loc())]);
+    }
+    if let Loc::Cuda(gpu) = common_loc(OP_BWD, &locs)? {
+        let BackwardSaved::Gpu { chunk_states, workspace } = saved else {
+            return Err(Error::Value { op: OP_BWD, arg: "saved", expected: "BackwardSaved::Gpu on the GPU".into(), got: "None".into() });
+        };
+        if T::DTYPE != DType::F32 {
+            return Err(Error::Unsupported { op: OP_BWD, what: format!("{} on the GPU (f32 for now)", T::DTYPE) });
+        }
+        return gpu_backward(gpu, fwd, rev, combine, &dout, &chunk_states, &workspace, dims, [Some(&gfwd), grev.as_ref()]);
     }
     let dout = dout.to_vec()?.iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>();
     let f = host(OP_BWD, fwd)?;
@@ -477,6 +529,87 @@ pub fn selective_scan_backward<T: Real>(
     write_grads(scan_backward(&f, dims, 0, &dyf), dzf, gfwd)?;
     if let (Some(b), Some(dyb), Some(g)) = (b, dyb, grev) {
         write_grads(scan_backward(&b, dims, 1, &dyb), dzb, g)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gpu_backward<T: Real>(
+    gpu: &crate::Gpu,
+    fwd: &ScanDir<'_, T>,
+    rev: Option<&ScanDir<'_, T>>,
+    combine: Combine,
+    dout: &View<'_, T>,
+    chunk_states: &View<'_, f32>,
+    workspace: &ViewMut<'_, f32>,
+    dims: Dims,
+    grads: [Option<&ScanDirGrads<'_, T>>; 2],
+) -> Result<()> {
+    let Dims { s, d, l, n } = dims;
+    if d > u32::MAX as usize || l > u32::MAX as usize || s > i32::MAX as usize {
+        return Err(Error::Shape { op: OP_BWD, arg: "u", expected: "S < 2^31, D, L < 2^32".into(), got: vec![s, d, l] });
+    }
+    let (npad, cpb) = block_shape(n);
+    let nwarps = (cpb * npad).div_ceil(32);
+    let subs = if npad > 32 { cpb } else { nwarps };
+    let halves = if npad > 32 { 2 } else { 1 };
+    const SUB: usize = 8;
+    let smem = 4 * (4 * cpb * CHUNK + 2 * n * CHUNK + 2 * subs * SUB * n + 3 * halves * cpb * CHUNK);
+    let ws = workspace.device_ptr().unwrap_or(0);
+    let part = |r: usize| ws + (4 * r * s * d * (n + 2)) as u64; // [da S·D·N | dd S·D | dbias S·D]
+    let mut g2 = [SnugScanDirGrads::default(), SnugScanDirGrads::default()];
+    for (r, g) in grads.iter().enumerate() {
+        let Some(g) = g else { continue };
+        let p = |v: &ViewMut<'_, T>| v.device_ptr().unwrap_or(0) as *mut f32;
+        let base = part(r);
+        g2[r] = SnugScanDirGrads {
+            du: p(&g.du),
+            ddelta: p(&g.ddelta),
+            db: p(&g.db),
+            dc: p(&g.dc),
+            dz: g.dz.as_ref().map(p).unwrap_or(std::ptr::null_mut()),
+            da_part: base as *mut f32,
+            dd_part: (base + (4 * s * d * n) as u64) as *mut f32,
+            dbias_part: (base + (4 * s * d * (n + 1)) as u64) as *mut f32,
+        };
+    }
+    let p = SnugSelectiveScanBwdParams {
+        dir: [ffi_dir(Some(fwd)), ffi_dir(rev)],
+        grad: g2,
+        dout: dout.device_ptr().unwrap_or(0) as *const f32,
+        chunk_states: chunk_states.device_ptr().unwrap_or(0) as *const f32,
+        s: s as u64,
+        d: d as u32,
+        l: l as u32,
+        n: n as u32,
+        npad: npad as u32,
+        channels_per_block: cpb as u32,
+        concat: (combine == Combine::Concat) as u32,
+    };
+    let cfg = LaunchConfig { grid_dim: (s as u32, 1, 1), block_dim: ((cpb * npad) as u32, 1, 1), shared_mem_bytes: smem as u32 };
+    // SAFETY: inputs, dout, chunk_states and every gradient are device views on this handle with
+    // the shapes checked by the caller; the workspace holds dirs·S·D·(N + 2) floats (checked) and
+    // is carved into the partial arrays above; the kernel indexes exactly the shared memory sized
+    // here (see the backward's header comment in the kernel file).
+    unsafe { gpu.launch(OP_BWD, "selective_scan", "selective_scan_bwd_f32", cfg, &p)? };
+    for (r, g) in grads.iter().enumerate() {
+        let Some(g) = g else { continue };
+        let q = SnugScanReduceParams {
+            da: g.da.device_ptr().unwrap_or(0) as *mut f32,
+            dd: g.dd_skip.as_ref().and_then(|v| v.device_ptr()).unwrap_or(0) as *mut f32,
+            dbias: g.ddelta_bias.as_ref().and_then(|v| v.device_ptr()).unwrap_or(0) as *mut f32,
+            da_part: g2[r].da_part,
+            dd_part: g2[r].dd_part,
+            dbias_part: g2[r].dbias_part,
+            s: s as u64,
+            d: d as u32,
+            n: n as u32,
+        };
+        let items = (d * n + d) as u64;
+        let cfg = LaunchConfig { grid_dim: (items.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: da [D, N], dd/dbias [D] (or null) are checked device views; the partials were
+        // written by the launch above, earlier on the same stream.
+        unsafe { gpu.launch(OP_BWD, "selective_scan", "selective_scan_reduce_f32", cfg, &q)? };
     }
     Ok(())
 }
