@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
             };
             adamw_step(&cfg, step, Clip::Scale(1.0), t)
         };
-        let work = Work { bytes: (n * if with_bf16 { 30 } else { 28 }) as f64, flops: (n * 16) as f64 };
+        let work = Work { bytes: (n * if with_bf16 { 30 } else { 28 }) as f64, flops: (n * 16) as f64, exps: 0.0 };
         gb.report("adamw", case, work, plan.total_bytes(), measured, true, &mut f).unwrap();
         c.bench_function(&format!("adamw/{case}"), |bch| bch.iter_custom(|iters| gb.time(iters, true, &mut f).unwrap()));
     }

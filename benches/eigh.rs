@@ -44,7 +44,7 @@ fn bench(c: &mut Criterion) {
             let b = arena.borrow();
             eigh(b.read(a)?, b.write(w)?, b.write(v)?, None)
         };
-        let work = Work { bytes: (4 * batch * (2 * n * n + n)) as f64, flops: jacobi_flops(batch, n) };
+        let work = Work { bytes: (4 * batch * (2 * n * n + n)) as f64, flops: jacobi_flops(batch, n), exps: 0.0 };
         gb.report("eigh", case, work, plan.total_bytes(), measured, true, &mut f).unwrap();
         c.bench_function(&format!("eigh/{case}"), |bch| bch.iter_custom(|iters| gb.time(iters, true, &mut f).unwrap()));
     }
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
         let b = arena.borrow();
         eigh_backward(b.read(w)?, b.read(v)?, Some(b.read(gw)?), Some(b.read(gv)?), b.write(ga)?, DEFAULT_EPS_REL)
     };
-    let work = Work { bytes: (4 * batch * (4 * n * n + 2 * n)) as f64, flops: (6 * batch * n * n * n) as f64 };
+    let work = Work { bytes: (4 * batch * (4 * n * n + 2 * n)) as f64, flops: (6 * batch * n * n * n) as f64, exps: 0.0 };
     gb.report("eigh_backward", "batch=7680,n=19", work, plan.total_bytes(), measured, true, &mut f).unwrap();
     c.bench_function("eigh_backward/batch=7680,n=19", |bch| bch.iter_custom(|iters| gb.time(iters, true, &mut f).unwrap()));
 
@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
         let bw = arena.borrow();
         laplacian_pe(bw.read(adj)?, bw.write(pe)?, 1)
     };
-    let work = Work { bytes: (4 * b * t * (n * n + n * k)) as f64, flops: jacobi_flops(b * t, n) };
+    let work = Work { bytes: (4 * b * t * (n * n + n * k)) as f64, flops: jacobi_flops(b * t, n), exps: 0.0 };
     gb.report("laplacian_pe", "B=8,T=960,n=19,k=16,interval=1", work, plan.total_bytes(), measured, true, &mut f).unwrap();
     c.bench_function("laplacian_pe/B=8,T=960,n=19,k=16,interval=1", |bch| bch.iter_custom(|iters| gb.time(iters, true, &mut f).unwrap()));
 }

@@ -20,6 +20,8 @@ pub struct Peak {
     pub bytes_per_s: f64,
     /// SIMT f32 FMA throughput ×2, FLOP/s (SMs × f32 lanes × clock × 2).
     pub flops_per_s: f64,
+    /// Special-function (exp2, rsqrt, ...) throughput, ops/s: SMs × 16 × clock.
+    pub exps_per_s: f64,
     /// L2 size, bytes.
     pub l2_bytes: usize,
 }
@@ -47,6 +49,7 @@ impl Peak {
         Ok(Peak {
             bytes_per_s: mem_khz * 1e3 * bus_bits / 8.0 * 2.0,
             flops_per_s: sms * f32_lanes(cc) * sm_khz * 1e3 * 2.0,
+            exps_per_s: sms * 16.0 * sm_khz * 1e3,
             l2_bytes: l2,
         })
     }
@@ -59,6 +62,8 @@ pub struct Work {
     pub bytes: f64,
     /// Floating-point operations.
     pub flops: f64,
+    /// Special-function-unit operations (exponentials).
+    pub exps: f64,
 }
 
 /// Timing state for one GPU: two timing events and an L2-flush buffer in its own arena.
@@ -150,11 +155,11 @@ impl GpuBench {
         f: impl FnMut() -> Result<()>,
     ) -> Result<f64> {
         let secs = self.median_secs(20, flush, f)?;
-        let floor = (work.bytes / self.peak.bytes_per_s).max(work.flops / self.peak.flops_per_s);
+        let floor = (work.bytes / self.peak.bytes_per_s).max(work.flops / self.peak.flops_per_s).max(work.exps / self.peak.exps_per_s);
         let pct = 100.0 * floor / secs;
         let name = self.gpu.name().unwrap_or_else(|_| "?".into());
         println!(
-            "bench {op} [{case}] on {name}: {:.3} us, {:.1} GB/s, {:.1} GFLOP/s, floor {:.3} us ({:.1}% of floor); bytes {} flops {}; memory planned {} measured {}",
+            "bench {op} [{case}] on {name}: {:.3} us, {:.1} GB/s, {:.1} GFLOP/s, floor {:.3} us ({:.1}% of floor); bytes {} flops {} exps {}; memory planned {} measured {}",
             secs * 1e6,
             work.bytes / secs / 1e9,
             work.flops / secs / 1e9,
@@ -162,15 +167,16 @@ impl GpuBench {
             pct,
             work.bytes,
             work.flops,
+            work.exps,
             planned_bytes,
             measured_bytes.map(|b| b.to_string()).unwrap_or_else(|| "?".into())
         );
         if let Some(path) = std::env::var_os("SNUG_BENCH_JSON") {
             let line = serde_json::json!({
                 "source": "snug", "op": op, "case": case, "device": name, "secs": secs,
-                "bytes": work.bytes, "flops": work.flops, "floor_secs": floor, "pct_of_floor": pct,
+                "bytes": work.bytes, "flops": work.flops, "exps": work.exps, "floor_secs": floor, "pct_of_floor": pct,
                 "planned_bytes": planned_bytes, "measured_bytes": measured_bytes,
-                "peak_bytes_per_s": self.peak.bytes_per_s, "peak_flops_per_s": self.peak.flops_per_s,
+                "peak_bytes_per_s": self.peak.bytes_per_s, "peak_flops_per_s": self.peak.flops_per_s, "peak_exps_per_s": self.peak.exps_per_s,
             });
             let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::Arena(format!("SNUG_BENCH_JSON: {e}")))?;
             writeln!(file, "{line}").map_err(|e| Error::Arena(format!("SNUG_BENCH_JSON: {e}")))?;
