@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
         let work = Work { bytes: fwd_bytes, flops: 8.0 * exps, exps };
         gb.report("selective_scan", case, work, plan.total_bytes(), measured, true, &mut fwd).unwrap();
         c.bench_function(&format!("selective_scan/{case}"), |b| b.iter_custom(|iters| gb.time(iters, true, &mut fwd).unwrap()));
-        drop(fwd);
+
 
         let mut bwd = || {
             let bw = arena.borrow();

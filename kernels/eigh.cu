@@ -466,7 +466,7 @@ __device__ __forceinline__ void laplacian_pe_body(const SnugLaplacianPeParams& P
       for (int j = 0; j < n; ++j) {
         const float dj = __shfl_sync(FULL, dinv, j);
         if (lane < n) {
-          const float smj = 0.5f * (adj[lane * n + j] + adj[j * n + lane]);
+          const float smj = 0.5f * adj[lane * n + j] + 0.5f * adj[j * n + lane];
           gd = fmaf(s.b[lane * ld + j], smj * dinv * dj, gd);
         }
       }

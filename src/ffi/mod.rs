@@ -27,3 +27,7 @@ unsafe impl cudarc::driver::DeviceRepr for SnugSelectiveScanParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugSelectiveScanBwdParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugScanReduceParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugCausalConv1dParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugConvReduceParams {}

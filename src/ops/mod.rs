@@ -4,6 +4,7 @@
 //! reference.
 
 pub mod adamw;
+pub mod causal_conv1d;
 pub mod eigh;
 pub mod laplacian_pe;
 pub mod selective_scan;
