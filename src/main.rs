@@ -98,11 +98,11 @@ fn info(json: bool) {
         None => println!("kernels: NOT compiled (no nvcc at build time; run scripts/install-cuda-toolchain) — CPU twins only"),
     }
     println!();
-    println!("{:<10} {:<24} {:>9} {:>12} {:>10} {:>8}  registers by arch", "module", "kernel", "max regs", "shared (B)", "stack (B)", "spills");
+    println!("{:<14} {:<26} {:>9} {:>12} {:>10} {:>8}  registers by arch", "module", "kernel", "max regs", "static smem", "stack (B)", "spills");
     for r in &rows {
         let by: Vec<String> = r.registers_by_arch.iter().map(|(a, n)| format!("sm_{a}:{n}")).collect();
         println!(
-            "{:<10} {:<24} {:>9} {:>12} {:>10} {:>8}  {}",
+            "{:<14} {:<26} {:>9} {:>12} {:>10} {:>8}  {}",
             r.module,
             r.kernel,
             r.max_registers,
@@ -113,7 +113,7 @@ fn info(json: bool) {
         );
     }
     for m in kernels::modules().iter().filter(|m| m.kernels.is_empty()) {
-        println!("{:<10} (not compiled)", m.name);
+        println!("{:<14} (not compiled)", m.name);
     }
     println!();
     match devices {
