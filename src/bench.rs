@@ -46,12 +46,13 @@ impl Peak {
         let l2 = gpu.attribute(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize;
         let sms = gpu.sm_count()? as f64;
         let cc = gpu.compute_capability()?;
-        Ok(Peak {
-            bytes_per_s: mem_khz * 1e3 * bus_bits / 8.0 * 2.0,
-            flops_per_s: sms * f32_lanes(cc) * sm_khz * 1e3 * 2.0,
-            exps_per_s: sms * 16.0 * sm_khz * 1e3,
-            l2_bytes: l2,
-        })
+        // Newer drivers may report 0 for the (deprecated) clock attributes: fall back to the
+        // datasheet figures of the GPUs this project runs on, else leave the floor unknown (NaN).
+        let name = gpu.name().unwrap_or_default();
+        let known = |h100: f64, h200: f64| if name.contains("H200") { h200 } else if name.contains("H100") { h100 } else { f64::NAN };
+        let bytes_per_s = if mem_khz > 0.0 && bus_bits > 0.0 { mem_khz * 1e3 * bus_bits / 8.0 * 2.0 } else { known(3.35e12, 4.8e12) };
+        let clock_hz = if sm_khz > 0.0 { sm_khz * 1e3 } else { known(1.98e9, 1.98e9) };
+        Ok(Peak { bytes_per_s, flops_per_s: sms * f32_lanes(cc) * clock_hz * 2.0, exps_per_s: sms * 16.0 * clock_hz, l2_bytes: l2 })
     }
 }
 
