@@ -70,7 +70,9 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_f32(const S
     for (int k = 0; k < chunks; ++k) {
       const int chunk = r == 0 ? k : chunks - 1 - k;
       const int l0 = chunk * LC;
-      __syncthreads();  // the previous chunk is done with the shared tiles
+      // No barrier before staging: the tiles were last read before the barrier that precedes
+      // the previous chunk's output loop, which reads only `part` (rewritten after the barrier
+      // below).
       for (int i = tid; i < cpb * LC; i += nthreads) {
         const int c = i / LC, j = i % LC, d = d0 + c, l = l0 + j;
         float dt = 0.f, du = 0.f;
@@ -142,7 +144,8 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_f32(const S
  * (the summed mode parks y_fwd in dz and finishes dz in the reverse pass). Sums over the states n
  * and over the channels of a warp use butterfly shuffles; across warps, small shared tables summed
  * in a fixed order. dA, dD, dbias are per-sequence partials (workspace), summed over sequences by
- * selective_scan_reduce_f32. Padded steps (l >= L) have dt = u = B = C = dy = 0 and change nothing.
+ * selective_scan_reduce_f32. Padded steps (l >= L) have dt = u = B = C = dy = 0: they leave g and
+ * every accumulated gradient unchanged (their d(dt) is computed but never stored).
  * Shared memory (floats): 4 cpb LC (dt, u, softplus', dy) + 2 N LC (B, C)
  *   + 2 subs SUB N (dB, dC partials, subs = warps or channels) + 3 halves cpb LC (du, d(dt), y).
  */
