@@ -22,10 +22,10 @@
 use cudarc::driver::LaunchConfig;
 use half::bf16;
 
-use super::{check_range, common_loc, same_shape, Real};
+use super::{check_range, check_shape, common_loc, require_f32, Real};
 use crate::ffi::SnugAdamwParams;
 use crate::memory::{Loc, View, ViewMut};
-use crate::{Buf, DType, Element, Error, Plan, Result, Role};
+use crate::{Buf, Element, Error, Plan, Result, Role};
 
 const OP: &str = "adamw";
 /// Threads per block; the kernel is compiled with `__launch_bounds__(256)`.
@@ -138,12 +138,12 @@ fn bias_corrections(cfg: &AdamwConfig, step: u64) -> (f64, f64) {
 pub fn adamw_step<T: Real>(cfg: &AdamwConfig, step: u64, clip: Clip<'_, T>, t: AdamwTensor<'_, T>) -> Result<()> {
     validate(cfg, step)?;
     let shape = t.param.shape().to_vec();
-    same_shape(OP, "grad", t.grad.shape(), &shape, "param")?;
-    same_shape(OP, "m", t.m.shape(), &shape, "param")?;
-    same_shape(OP, "v", t.v.shape(), &shape, "param")?;
+    check_shape(OP, "grad", t.grad.shape(), &shape, "the shape of param")?;
+    check_shape(OP, "m", t.m.shape(), &shape, "the shape of param")?;
+    check_shape(OP, "v", t.v.shape(), &shape, "the shape of param")?;
     let mut locs = vec![("param", t.param.loc()), ("grad", t.grad.loc()), ("m", t.m.loc()), ("v", t.v.loc())];
     if let Some(b) = &t.param_bf16 {
-        same_shape(OP, "param_bf16", b.shape(), &shape, "param")?;
+        check_shape(OP, "param_bf16", b.shape(), &shape, "the shape of param")?;
         locs.push(("param_bf16", b.loc()));
     }
     match &clip {
@@ -162,9 +162,7 @@ pub fn adamw_step<T: Real>(cfg: &AdamwConfig, step: u64, clip: Clip<'_, T>, t: A
     match loc {
         Loc::Host => cpu(cfg, bc1, bc2_sqrt, clip, t),
         Loc::Cuda(gpu) => {
-            if T::DTYPE != DType::F32 {
-                return Err(Error::Unsupported { op: OP, what: format!("{} tensors on the GPU (f32 master weights only)", T::DTYPE) });
-            }
+            require_f32::<T>(OP)?;
             let n = t.param.len() as u64;
             let ptr = |p: Option<u64>| p.unwrap_or(0) as *mut f32;
             let (grad_norm, max_norm, grad_scale) = match &clip {

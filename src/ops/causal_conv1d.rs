@@ -15,10 +15,10 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::{common_loc, Real};
+use super::{check_shape, common_loc, host_f64, require_f32, store_f64, Real};
 use crate::ffi::{self, SnugCausalConv1dParams, SnugConvReduceParams};
 use crate::memory::{Loc, View, ViewMut};
-use crate::{DType, Error, Result};
+use crate::{Error, Result};
 
 const OP: &str = "causal_conv1d";
 const OP_BWD: &str = "causal_conv1d_backward";
@@ -56,22 +56,7 @@ fn dims(op: &'static str, x: &[usize], w: &[usize]) -> Result<(usize, usize, usi
 }
 
 fn check(op: &'static str, arg: &'static str, got: &[usize], want: &[usize]) -> Result<()> {
-    if got != want {
-        return Err(Error::Shape { op, arg, expected: format!("{want:?}"), got: got.to_vec() });
-    }
-    Ok(())
-}
-
-fn f64s<T: Real>(op: &'static str, arg: &'static str, v: &View<'_, T>) -> Result<Vec<f64>> {
-    v.as_slice().map(|s| s.iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect()).ok_or(Error::DeviceMismatch { op, arg, expected: "cpu".into(), got: "cuda".into() })
-}
-
-fn put<T: Real>(op: &'static str, arg: &'static str, dst: ViewMut<'_, T>, src: &[f64]) -> Result<()> {
-    let d = dst.into_slice_mut().ok_or(Error::DeviceMismatch { op, arg, expected: "cpu".into(), got: "cuda".into() })?;
-    for (o, &x) in d.iter_mut().zip(src) {
-        *o = T::from_f64(x).unwrap_or_else(T::nan);
-    }
-    Ok(())
+    check_shape(op, arg, got, want, "from x: [S, D, L] and w: [D, K]")
 }
 
 /// Pre-activation of the f64 twin, `[S, D, L]`.
@@ -102,13 +87,6 @@ fn dsilu(v: f64) -> f64 {
     sg * (1.0 + v * (1.0 - sg))
 }
 
-fn gpu_f32<T: Real>(op: &'static str) -> Result<()> {
-    if T::DTYPE != DType::F32 {
-        return Err(Error::Unsupported { op, what: format!("{} on the GPU (f32 for now)", T::DTYPE) });
-    }
-    Ok(())
-}
-
 fn u32_dims(op: &'static str, x: &[usize], d: usize, l: usize) -> Result<()> {
     if d > u32::MAX as usize || l > u32::MAX as usize {
         return Err(Error::Shape { op, arg: "x", expected: "D, L < 2^32".into(), got: x.to_vec() });
@@ -127,13 +105,13 @@ pub fn causal_conv1d<T: Real>(x: View<'_, T>, w: View<'_, T>, bias: Option<View<
     }
     match common_loc(OP, &locs)? {
         Loc::Host => {
-            let b = bias.as_ref().map(|b| f64s(OP, "bias", b)).transpose()?;
-            let p = pre(&f64s(OP, "x", &x)?, &f64s(OP, "w", &w)?, b.as_deref(), dm, opt.reverse);
+            let b = bias.as_ref().map(|b| host_f64(OP, "bias", b)).transpose()?;
+            let p = pre(&host_f64(OP, "x", &x)?, &host_f64(OP, "w", &w)?, b.as_deref(), dm, opt.reverse);
             let y: Vec<f64> = if opt.silu { p.iter().map(|&v| silu(v)).collect() } else { p };
-            put(OP, "out", out, &y)
+            store_f64(OP, "out", out, &y)
         }
         Loc::Cuda(gpu) => {
-            gpu_f32::<T>(OP)?;
+            require_f32::<T>(OP)?;
             u32_dims(OP, x.shape(), d, l)?;
             let p = SnugCausalConv1dParams {
                 out: out.device_ptr().unwrap_or(0) as *mut f32,
@@ -192,11 +170,11 @@ pub fn causal_conv1d_backward<T: Real>(
     }
     match common_loc(OP_BWD, &locs)? {
         Loc::Host => {
-            let xv = f64s(OP_BWD, "x", &x)?;
-            let wv = f64s(OP_BWD, "w", &w)?;
-            let b = bias.as_ref().map(|b| f64s(OP_BWD, "bias", b)).transpose()?;
+            let xv = host_f64(OP_BWD, "x", &x)?;
+            let wv = host_f64(OP_BWD, "w", &w)?;
+            let b = bias.as_ref().map(|b| host_f64(OP_BWD, "bias", b)).transpose()?;
             let p = pre(&xv, &wv, b.as_deref(), dm, opt.reverse);
-            let go = f64s(OP_BWD, "dout", &dout)?;
+            let go = host_f64(OP_BWD, "dout", &dout)?;
             let g: Vec<f64> = if opt.silu { go.iter().zip(&p).map(|(g, &v)| g * dsilu(v)).collect() } else { go };
             let (mut gx, mut gw, mut gb) = (vec![0.0; s * d * l], vec![0.0; d * k], vec![0.0; d]);
             for row in 0..s * d {
@@ -213,15 +191,15 @@ pub fn causal_conv1d_backward<T: Real>(
                     }
                 }
             }
-            put(OP_BWD, "dx", dx, &gx)?;
-            put(OP_BWD, "dw", dw, &gw)?;
+            store_f64(OP_BWD, "dx", dx, &gx)?;
+            store_f64(OP_BWD, "dw", dw, &gw)?;
             if let Some(v) = dbias {
-                put(OP_BWD, "dbias", v, &gb)?;
+                store_f64(OP_BWD, "dbias", v, &gb)?;
             }
             Ok(())
         }
         Loc::Cuda(gpu) => {
-            gpu_f32::<T>(OP_BWD)?;
+            require_f32::<T>(OP_BWD)?;
             u32_dims(OP_BWD, x.shape(), d, l)?;
             let ws = workspace.ok_or(Error::Value { op: OP_BWD, arg: "workspace", expected: "a workspace on the GPU (backward_workspace_bytes)".into(), got: "None".into() })?;
             let want = backward_workspace_bytes(s, d, k) / 4;

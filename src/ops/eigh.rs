@@ -39,10 +39,10 @@ use cudarc::driver::LaunchConfig;
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 
-use super::{common_loc, Real};
+use super::{check_shape, common_loc, require_f32, Real};
 use crate::ffi::{self, SnugEighBackwardParams, SnugEighParams};
 use crate::memory::{Loc, View, ViewMut};
-use crate::{DType, Error, Result};
+use crate::{Error, Result};
 
 const OP: &str = "eigh";
 const OP_BWD: &str = "eigh_backward";
@@ -114,19 +114,6 @@ pub(crate) fn check_square(op: &'static str, arg: &'static str, shape: &[usize])
     }
 }
 
-pub(crate) fn check_shape(op: &'static str, arg: &'static str, got: &[usize], want: &[usize], what: &str) -> Result<()> {
-    if got != want {
-        return Err(Error::Shape { op, arg, expected: format!("{want:?} ({what})"), got: got.to_vec() });
-    }
-    Ok(())
-}
-
-fn gpu_only_f32<T: Real>(op: &'static str) -> Result<()> {
-    if T::DTYPE != DType::F32 {
-        return Err(Error::Unsupported { op, what: format!("{} on the GPU (f32 only; f64 runs on the CPU twin)", T::DTYPE) });
-    }
-    Ok(())
-}
 
 /// Eigendecomposition of every matrix of `a` (see the module docs). Outputs are fully written;
 /// `info`, if given, receives one `INFO_*` code per matrix.
@@ -142,7 +129,7 @@ pub fn eigh<T: Real>(a: View<'_, T>, w: ViewMut<'_, T>, v: ViewMut<'_, T>, info:
     match common_loc(OP, &locs)? {
         Loc::Host => cpu_eigh(a, w, v, info),
         Loc::Cuda(gpu) => {
-            gpu_only_f32::<T>(OP)?;
+            require_f32::<T>(OP)?;
             let l = warp_launch(batch as u64, n, 2);
             let p = SnugEighParams {
                 w: w.device_ptr().unwrap_or(0) as *mut f32,
@@ -234,7 +221,7 @@ pub fn eigh_backward<T: Real>(
             Ok(())
         }
         Loc::Cuda(gpu) => {
-            gpu_only_f32::<T>(OP_BWD)?;
+            require_f32::<T>(OP_BWD)?;
             let l = warp_launch(batch as u64, n, 3);
             let p = SnugEighBackwardParams {
                 ga: ga.device_ptr().unwrap_or(0) as *mut f32,

@@ -16,11 +16,11 @@
 //! A group whose adjacency has a non-finite entry gets NaN encodings (and NaN gradients); other
 //! groups are unaffected.
 
-use super::eigh::{check_shape, convention_sign, eigh_f64, vjp, warp_launch, MAX_N, MAX_SWEEPS};
-use super::{common_loc, Real};
+use super::eigh::{convention_sign, eigh_f64, vjp, warp_launch, MAX_N, MAX_SWEEPS};
+use super::{check_shape, common_loc, require_f32, Real};
 use crate::ffi::SnugLaplacianPeParams;
 use crate::memory::{Loc, View, ViewMut};
-use crate::{DType, Error, Result};
+use crate::{Error, Result};
 
 const OP: &str = "laplacian_pe";
 const OP_BWD: &str = "laplacian_pe_backward";
@@ -146,9 +146,7 @@ fn launch<T: Real>(
     interval: usize,
     eps_rel: f32,
 ) -> Result<()> {
-    if T::DTYPE != DType::F32 {
-        return Err(Error::Unsupported { op, what: format!("{} on the GPU (f32 only)", T::DTYPE) });
-    }
+    require_f32::<T>(op)?;
     let groups = (b * t.div_ceil(interval)) as u64;
     let l = warp_launch(groups, n, if gadj.is_some() { 3 } else { 2 });
     let p = SnugLaplacianPeParams {

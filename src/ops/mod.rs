@@ -9,7 +9,7 @@ pub mod eigh;
 pub mod laplacian_pe;
 pub mod selective_scan;
 
-use crate::memory::Loc;
+use crate::memory::{Loc, View, ViewMut};
 use crate::{Element, Error, Result};
 
 /// Float types the CPU twins compute in: f32 (same precision as the kernels) and f64 (reference).
@@ -32,10 +32,36 @@ pub(crate) fn common_loc<'a>(op: &'static str, locs: &[(&'static str, Loc<'a>)])
     Ok(first)
 }
 
-/// `got` must equal `want` (the shape of argument `like`).
-pub(crate) fn same_shape(op: &'static str, arg: &'static str, got: &[usize], want: &[usize], like: &str) -> Result<()> {
+/// `got` must equal `want`; `what` explains where `want` comes from (e.g. "the shape of param").
+pub(crate) fn check_shape(op: &'static str, arg: &'static str, got: &[usize], want: &[usize], what: &str) -> Result<()> {
     if got != want {
-        return Err(Error::Shape { op, arg, expected: format!("{want:?} (the shape of {like})"), got: got.to_vec() });
+        return Err(Error::Shape { op, arg, expected: format!("{want:?} ({what})"), got: got.to_vec() });
+    }
+    Ok(())
+}
+
+/// GPU kernels take f32 (bf16 where an op says so); f64 is the CPU reference only.
+pub(crate) fn require_f32<T: Element>(op: &'static str) -> Result<()> {
+    if T::DTYPE != crate::DType::F32 {
+        return Err(Error::Unsupported { op, what: format!("{} on the GPU (f32 only; f64 runs on the CPU twin)", T::DTYPE) });
+    }
+    Ok(())
+}
+
+fn not_host(op: &'static str, arg: &'static str) -> Error {
+    Error::DeviceMismatch { op, arg, expected: "cpu".into(), got: "cuda".into() }
+}
+
+/// A host view's elements widened to f64 (the CPU twins compute in f64).
+pub(crate) fn host_f64<T: Real>(op: &'static str, arg: &'static str, v: &View<'_, T>) -> Result<Vec<f64>> {
+    v.as_slice().map(|s| s.iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect()).ok_or_else(|| not_host(op, arg))
+}
+
+/// Writes f64 results into a host view, rounding to `T`.
+pub(crate) fn store_f64<T: Real>(op: &'static str, arg: &'static str, dst: ViewMut<'_, T>, src: &[f64]) -> Result<()> {
+    let d = dst.into_slice_mut().ok_or_else(|| not_host(op, arg))?;
+    for (o, &x) in d.iter_mut().zip(src) {
+        *o = T::from_f64(x).unwrap_or_else(T::nan);
     }
     Ok(())
 }

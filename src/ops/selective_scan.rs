@@ -21,10 +21,10 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::{common_loc, Real};
+use super::{check_shape, common_loc, host_f64, require_f32, store_f64, Real};
 use crate::ffi::{self, SnugScanDir, SnugScanDirGrads, SnugScanReduceParams, SnugSelectiveScanBwdParams, SnugSelectiveScanParams};
 use crate::memory::{Loc, View, ViewMut};
-use crate::{DType, Element, Error, Result};
+use crate::{Element, Error, Result};
 
 const OP: &str = "selective_scan";
 const OP_BWD: &str = "selective_scan_backward";
@@ -134,10 +134,7 @@ fn dims_of<T: Element>(op: &'static str, x: &ScanDir<'_, T>) -> Result<Dims> {
 }
 
 fn check(op: &'static str, arg: &'static str, got: &[usize], want: &[usize]) -> Result<()> {
-    if got != want {
-        return Err(Error::Shape { op, arg, expected: format!("{want:?}"), got: got.to_vec() });
-    }
-    Ok(())
+    check_shape(op, arg, got, want, "from u: [S, D, L] and a: [D, N]")
 }
 
 /// Validates one direction against `dims` and collects its locations.
@@ -206,17 +203,10 @@ pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>
             if chunk_states.is_some() {
                 return Err(Error::Unsupported { op: OP, what: "chunk_states on the CPU twin (it recomputes)".into() });
             }
-            let o = out.into_slice_mut().ok_or(Error::Unsupported { op: OP, what: "device output".into() })?;
-            let y = cpu_forward(fwd, rev, combine, dims)?;
-            for (o, x) in o.iter_mut().zip(y) {
-                *o = T::from_f64(x).unwrap_or_else(T::nan);
-            }
-            Ok(())
+            store_f64(OP, "out", out, &cpu_forward(fwd, rev, combine, dims)?)
         }
         Loc::Cuda(gpu) => {
-            if T::DTYPE != DType::F32 {
-                return Err(Error::Unsupported { op: OP, what: format!("{} on the GPU (f32 for now)", T::DTYPE) });
-            }
+            require_f32::<T>(OP)?;
             if dims.d > u32::MAX as usize || dims.l > u32::MAX as usize {
                 return Err(Error::Shape { op: OP, arg: "u", expected: "D, L < 2^32".into(), got: fwd.u.shape().to_vec() });
             }
@@ -283,9 +273,7 @@ struct Host {
 }
 
 fn host<T: Real>(op: &'static str, x: &ScanDir<'_, T>) -> Result<Host> {
-    let f = |v: &View<'_, T>| -> Result<Vec<f64>> {
-        v.as_slice().map(|s| s.iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect()).ok_or(Error::DeviceMismatch { op, arg: "input", expected: "cpu".into(), got: "cuda".into() })
-    };
+    let f = |v: &View<'_, T>| host_f64(op, "input", v);
     let o = |v: &Option<View<'_, T>>| v.as_ref().map(f).transpose();
     Ok(Host { u: f(&x.u)?, delta: f(&x.delta)?, a: f(&x.a)?, b: f(&x.b)?, c: f(&x.c)?, d_skip: o(&x.d_skip)?, delta_bias: o(&x.delta_bias)?, z: o(&x.z)? })
 }
@@ -489,9 +477,7 @@ pub fn selective_scan_backward<T: Real>(
         let BackwardSaved::Gpu { chunk_states, workspace } = saved else {
             return Err(Error::Value { op: OP_BWD, arg: "saved", expected: "BackwardSaved::Gpu on the GPU".into(), got: "None".into() });
         };
-        if T::DTYPE != DType::F32 {
-            return Err(Error::Unsupported { op: OP_BWD, what: format!("{} on the GPU (f32 for now)", T::DTYPE) });
-        }
+        require_f32::<T>(OP_BWD)?;
         return gpu_backward(gpu, fwd, rev, combine, &dout, &chunk_states, &workspace, dims, [Some(&gfwd), grev.as_ref()]);
     }
     let dout = dout.to_vec()?.iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>();
@@ -630,13 +616,7 @@ fn gate_backward(dout: &[f64], y: &[f64], z: &Option<Vec<f64>>) -> (Vec<f64>, Op
 }
 
 fn write_grads<T: Real>(g: HostGrads, dz: Option<Vec<f64>>, out: ScanDirGrads<'_, T>) -> Result<()> {
-    let put = |dst: ViewMut<'_, T>, src: &[f64]| -> Result<()> {
-        let d = dst.into_slice_mut().ok_or(Error::Unsupported { op: OP_BWD, what: "device gradients".into() })?;
-        for (o, &x) in d.iter_mut().zip(src) {
-            *o = T::from_f64(x).unwrap_or_else(T::nan);
-        }
-        Ok(())
-    };
+    let put = |dst: ViewMut<'_, T>, src: &[f64]| store_f64(OP_BWD, "gradient", dst, src);
     put(out.du, &g.du)?;
     put(out.ddelta, &g.ddelta)?;
     put(out.da, &g.da)?;
