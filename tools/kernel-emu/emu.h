@@ -1,0 +1,119 @@
+/* emu.h — host emulator for snug's CUDA kernels (developer tool, not part of the crate build).
+ *
+ * scripts/emulate-kernels compiles a kernel file from kernels/ as plain C++ after this header
+ * (gen_tu.py writes the translation unit; the kernel source itself is not copied or edited) and
+ * runs its kernels on the CPU from the Python drivers in drivers/.
+ *
+ * What it models
+ *   - One block at a time, blocks in forward, reverse or seeded random order. Every thread of the
+ *     block is a ucontext fibre with its own stack; exactly one runs at a time. A thread runs until
+ *     it reaches a synchronisation point (__syncthreads, __syncwarp, shuffle, vote) or exits; the
+ *     scheduler then resumes the threads in forward / reverse / random order again. Lanes of a warp
+ *     are NOT run in lockstep, so code that relies on implicit warp-synchronous execution, or a
+ *     missing __syncthreads / __syncwarp, gives results that depend on the thread order: the
+ *     drivers compare the orders bitwise.
+ *   - Warp collectives (full mask only) complete when every live lane of the warp is at one; the
+ *     emulator reports (emu_errors) a collective reached by lanes at different source lines, a
+ *     full-mask collective with exited or missing lanes, a non-full mask, a shuffle source lane
+ *     out of range, a __syncthreads reached at different lines or after some threads exited, and
+ *     a deadlock (every live thread waiting, nothing can complete).
+ *   - Dynamic shared memory (`extern __shared__ T name[]`, rewritten by gen_tu.py) is a fresh
+ *     malloc of exactly the launch's byte count per block, filled with a NaN pattern (reads of
+ *     unwritten words show up as NaN). In the ASan build an access past its end is reported, like
+ *     one past the end of any buffer the driver allocated with emu_alloc (exact sizes).
+ *   - Static `__shared__` arrays become function-level statics: correct because blocks run one
+ *     after another, but neither poisoned nor bounds-checked.
+ *
+ * What it cannot model
+ *   - Timing, occupancy, register pressure, spills, bank conflicts, launch-bound limits, the
+ *     48 KiB shared-memory opt-in: the launch is never rejected for resources.
+ *   - Inter-block memory ordering, atomics contention, grid-wide sync, streams: blocks are
+ *     sequential, so a kernel that races between blocks may still pass.
+ *   - Floating point exactly as the GPU: the host compiler is run with -ffp-contract=off, so
+ *     `a * b + c` is not contracted into an FMA as nvcc does by default (explicit fmaf is exact on
+ *     both); expf / exp2f / sqrtf etc. come from the host libm, not CUDA's (ulp-level differences).
+ *     Results are close to the GPU's, not bitwise equal.
+ *   - Warp collectives with partial masks, shuffle widths, 8-byte shuffles, cooperative groups,
+ *     the y/z dimensions of the launch (only .x is set), texture/surface/async-copy intrinsics.
+ */
+#pragma once
+#include <math.h>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <functional>
+
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+using std::max;
+using std::min;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct EmuDim {
+  unsigned x = 0, y = 1, z = 1;
+};
+extern EmuDim threadIdx, blockIdx, gridDim, blockDim;
+static constexpr int warpSize = 32;
+/* The running block's dynamic shared memory (what `extern __shared__` names on the GPU). */
+extern void* emu_smem_ptr;
+
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+
+enum EmuKind { EMU_SYNCWARP, EMU_SHFL, EMU_SHFL_XOR, EMU_SHFL_DOWN, EMU_SHFL_UP, EMU_ANY, EMU_ALL, EMU_BALLOT, EMU_BARRIER };
+/* Parks the calling thread at a synchronisation point; returns the collective's result. */
+uint32_t emu_collective(int kind, int site, uint32_t mask, uint32_t value, int arg);
+
+template <class T>
+inline T emu_shfl(int kind, int site, uint32_t mask, T v, int arg) {
+  static_assert(sizeof(T) == 4, "the emulator models 4-byte shuffles only");
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  const uint32_t o = emu_collective(kind, site, mask, u, arg);
+  T r;
+  memcpy(&r, &o, 4);
+  return r;
+}
+
+/* The source line identifies the synchronisation point (gen_tu.py keeps the kernel's line
+ * numbers with #line). */
+#define __syncthreads() ((void)emu_collective(EMU_BARRIER, __LINE__, 0xffffffffu, 0, 0))
+#define __syncwarp(...) ((void)emu_collective(EMU_SYNCWARP, __LINE__, emu_mask_or_full(__VA_ARGS__), 0, 0))
+#define __shfl_sync(m, v, l) emu_shfl(EMU_SHFL, __LINE__, (m), (v), (l))
+#define __shfl_xor_sync(m, v, l) emu_shfl(EMU_SHFL_XOR, __LINE__, (m), (v), (l))
+#define __shfl_down_sync(m, v, l) emu_shfl(EMU_SHFL_DOWN, __LINE__, (m), (v), (l))
+#define __shfl_up_sync(m, v, l) emu_shfl(EMU_SHFL_UP, __LINE__, (m), (v), (l))
+#define __any_sync(m, p) (emu_collective(EMU_ANY, __LINE__, (m), (uint32_t)(bool)(p), 0) != 0)
+#define __all_sync(m, p) (emu_collective(EMU_ALL, __LINE__, (m), (uint32_t)(bool)(p), 0) != 0)
+#define __ballot_sync(m, p) emu_collective(EMU_BALLOT, __LINE__, (m), (uint32_t)(bool)(p), 0)
+inline uint32_t emu_mask_or_full() { return 0xffffffffu; }
+inline uint32_t emu_mask_or_full(uint32_t m) { return m; }
+
+/* Kernel registry: gen_tu.py appends EMU_KERNEL(name, ParamsType) for every
+ * `extern "C" __global__ void name(const ParamsType P)` it finds; the drivers launch by name. */
+using EmuThunk = std::function<void()> (*)(const void* params);
+struct EmuRegistrar {
+  EmuRegistrar(const char* name, size_t params_size, EmuThunk thunk);
+};
+#define EMU_KERNEL(name, Params)                                                                  \
+  static std::function<void()> emu_thunk_##name(const void* p) {                                 \
+    Params P;                                                                                     \
+    memcpy((void*)&P, p, sizeof(Params));                                                         \
+    return [P] { name(P); };                                                                      \
+  }                                                                                               \
+  static EmuRegistrar emu_reg_##name(#name, sizeof(Params), emu_thunk_##name);
