@@ -1,40 +1,46 @@
 /* emu.h — host emulator for snug's CUDA kernels (developer tool, not part of the crate build).
  *
  * scripts/emulate-kernels compiles a kernel file from kernels/ as plain C++ after this header
- * (gen_tu.py writes the translation unit; the kernel source itself is not copied or edited) and
- * runs its kernels on the CPU from the Python drivers in drivers/.
+ * (gen_tu.py writes the translation unit into a build directory outside the repository; the
+ * kernel source is not copied or edited) and runs its kernels on the CPU from the Python drivers
+ * in drivers/. emu.cpp holds the scheduler; README.md says how to use it.
  *
  * What it models
- *   - One block at a time, blocks in forward, reverse or seeded random order. Every thread of the
- *     block is a ucontext fibre with its own stack; exactly one runs at a time. A thread runs until
- *     it reaches a synchronisation point (__syncthreads, __syncwarp, shuffle, vote) or exits; the
- *     scheduler then resumes the threads in forward / reverse / random order again. Lanes of a warp
- *     are NOT run in lockstep, so code that relies on implicit warp-synchronous execution, or a
- *     missing __syncthreads / __syncwarp, gives results that depend on the thread order: the
- *     drivers compare the orders bitwise.
- *   - Warp collectives (full mask only) complete when every live lane of the warp is at one; the
- *     emulator reports (emu_errors) a collective reached by lanes at different source lines, a
- *     full-mask collective with exited or missing lanes, a non-full mask, a shuffle source lane
- *     out of range, a __syncthreads reached at different lines or after some threads exited, and
- *     a deadlock (every live thread waiting, nothing can complete).
- *   - Dynamic shared memory (`extern __shared__ T name[]`, rewritten by gen_tu.py) is a fresh
- *     malloc of exactly the launch's byte count per block, filled with a NaN pattern (reads of
- *     unwritten words show up as NaN). In the ASan build an access past its end is reported, like
- *     one past the end of any buffer the driver allocated with emu_alloc (exact sizes).
+ *   - A launch: blocks one at a time, in forward, reverse or seeded random order; blockIdx.x,
+ *     blockDim.x, gridDim.x, threadIdx.x (x only).
+ *   - Every thread of a block is a ucontext fibre with its own stack; exactly one runs at a time,
+ *     until it reaches a synchronisation point (__syncthreads, __syncwarp, shuffle, vote) or exits.
+ *     Lanes of a warp are not run in lockstep. Thread orders: forward / reverse let each warp run
+ *     ahead as far as it can (warps and lanes ascending / descending); random advances the warps
+ *     one collective at a time in a fresh random warp and lane order. A missing __syncthreads or
+ *     __syncwarp, or reliance on implicit warp-synchronous execution, therefore shows up as
+ *     results that differ between the orders (the drivers compare them bitwise) or as reads of
+ *     the NaN-poisoned shared memory. This is a testing strategy, not a race detector.
+ *   - Warp collectives (full mask): __syncwarp, __shfl{,_xor,_up,_down}_sync, __any/__all/
+ *     __ballot_sync on 4-byte values. The emulator reports (emu_launch's return value, stderr) a
+ *     collective reached by the lanes of a warp at different source lines (stricter than sm_70+,
+ *     which may pair different instructions; undefined on sm_6x and a likely bug), a full-mask
+ *     collective with exited or missing lanes, a non-full mask, a __syncthreads reached at
+ *     different lines or after some threads exited, and a deadlock (every live thread waits and
+ *     nothing can complete).
+ *   - Dynamic shared memory (`extern __shared__ T name[]`, rewritten by gen_tu.py to point here)
+ *     is a fresh malloc of exactly the launch's byte count per block, filled with a quiet-NaN
+ *     pattern. In the ASan build an access past its end is reported, like one past the end of any
+ *     buffer the driver allocated with emu_alloc (exact sizes), and kernel stack overflows.
  *   - Static `__shared__` arrays become function-level statics: correct because blocks run one
  *     after another, but neither poisoned nor bounds-checked.
  *
  * What it cannot model
- *   - Timing, occupancy, register pressure, spills, bank conflicts, launch-bound limits, the
- *     48 KiB shared-memory opt-in: the launch is never rejected for resources.
- *   - Inter-block memory ordering, atomics contention, grid-wide sync, streams: blocks are
- *     sequential, so a kernel that races between blocks may still pass.
- *   - Floating point exactly as the GPU: the host compiler is run with -ffp-contract=off, so
+ *   - Timing, occupancy, register pressure and spills, bank conflicts, __launch_bounds__, the
+ *     48 KiB dynamic shared-memory opt-in: no launch is rejected for resources.
+ *   - Inter-block memory ordering, atomics, grid-wide sync, streams: blocks run one after another,
+ *     so a kernel that races between blocks can pass.
+ *   - The GPU's floating point bit for bit: the host compiler runs with -ffp-contract=off, so
  *     `a * b + c` is not contracted into an FMA as nvcc does by default (explicit fmaf is exact on
- *     both); expf / exp2f / sqrtf etc. come from the host libm, not CUDA's (ulp-level differences).
- *     Results are close to the GPU's, not bitwise equal.
- *   - Warp collectives with partial masks, shuffle widths, 8-byte shuffles, cooperative groups,
- *     the y/z dimensions of the launch (only .x is set), texture/surface/async-copy intrinsics.
+ *     both); expf / exp2f / log1pf / sqrtf come from the host libm, not CUDA's (ulp differences).
+ *     Results are close to the GPU's, not bitwise equal to them.
+ *   - Partial-mask collectives, shuffle widths, 8-byte shuffles, cooperative groups, vector types
+ *     (float4), bf16/half intrinsics, the y/z launch dimensions, texture / async-copy intrinsics.
  */
 #pragma once
 #include <math.h>
@@ -74,6 +80,15 @@ inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+/* IEEE round-to-nearest operations: plain host arithmetic (built with -ffp-contract=off). */
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return sqrtf(a); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+template <class T>
+inline T __ldg(const T* p) { return *p; }
 
 enum EmuKind { EMU_SYNCWARP, EMU_SHFL, EMU_SHFL_XOR, EMU_SHFL_DOWN, EMU_SHFL_UP, EMU_ANY, EMU_ALL, EMU_BALLOT, EMU_BARRIER };
 /* Parks the calling thread at a synchronisation point; returns the collective's result. */
