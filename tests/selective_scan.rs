@@ -48,13 +48,43 @@ fn view<'a>(x: &'a Dir, s: usize, dd: usize, l: usize, n: usize, gate: bool) -> 
     }
 }
 
-fn forward(f: &Dir, b: Option<&Dir>, combine: Combine, (s, d, l, n): (usize, usize, usize, usize)) -> Vec<f64> {
+fn forward(f: &Dir, b: Option<&Dir>, combine: Combine, dims: (usize, usize, usize, usize)) -> Vec<f64> {
+    forward_with_states(f, b, combine, dims).0
+}
+
+/// Output and chunk states `[dirs, S, D, ceil(L/32), N]` (as f32) of the twin.
+fn forward_with_states(f: &Dir, b: Option<&Dir>, combine: Combine, (s, d, l, n): (usize, usize, usize, usize)) -> (Vec<f64>, Vec<f32>) {
     let width = if combine == Combine::Concat { 2 * d } else { d };
+    let dirs = 1 + b.is_some() as usize;
     let mut out = vec![0.0; s * width * l];
+    let mut st = vec![0.0f32; dirs * s * d * l.div_ceil(CHUNK) * n];
     let fv = view(f, s, d, l, n, true);
     let bv = b.map(|b| view(b, s, d, l, n, combine == Combine::Concat));
-    selective_scan(&fv, bv.as_ref(), combine, ViewMut::host(&mut out, &[s, width, l]).unwrap(), None).unwrap();
-    out
+    let sv = ViewMut::host(&mut st, &[dirs, s, d, l.div_ceil(CHUNK), n]).unwrap();
+    selective_scan(&fv, bv.as_ref(), combine, ViewMut::host(&mut out, &[s, width, l]).unwrap(), Some(sv)).unwrap();
+    (out, st)
+}
+
+#[test]
+fn chunk_states_are_the_states_at_chunk_ends_in_processing_order() {
+    // N = 1, A = 0, no skip: the state is the running sum of dt·B·u (forward) or the suffix sum
+    // (reverse); chunk k of the reverse direction ends at time 32·(chunks − 1 − k).
+    let (s, d, l, n) = (1usize, 1usize, 70usize, 1usize);
+    let mut r = rng(6);
+    let mut x = dir(&mut r, s, d, l, n);
+    x.a = vec![0.0];
+    let dt: Vec<f64> = x.delta.iter().map(|v| (v + x.bias[0]).exp().ln_1p()).collect();
+    let inc: Vec<f64> = (0..l).map(|i| dt[i] * x.b[i] * x.u[i]).collect();
+    let (_, st) = forward_with_states(&x, Some(&x), Combine::Concat, (s, d, l, n));
+    let chunks = l.div_ceil(CHUNK);
+    for k in 0..chunks {
+        let end = ((k + 1) * CHUNK).min(l);
+        let want_f: f64 = inc[..end].iter().sum();
+        let start = (chunks - 1 - k) * CHUNK;
+        let want_r: f64 = inc[start..].iter().sum();
+        assert!((st[k] as f64 - want_f).abs() < 1e-5 * (1.0 + want_f.abs()), "forward chunk {k}");
+        assert!((st[chunks + k] as f64 - want_r).abs() < 1e-5 * (1.0 + want_r.abs()), "reverse chunk {k}");
+    }
 }
 
 #[test]
@@ -240,7 +270,7 @@ fn gpu_forward_matches_twin_around_the_chunk_size() {
         for (combine, two) in [(Combine::Sum, true), (Combine::Concat, true), (Combine::Sum, false)] {
             let f = dir(&mut r, s, d, l, n);
             let b = dir(&mut r, s, d, l, n);
-            let want = forward(&f, two.then_some(&b), combine, (s, d, l, n));
+            let (want, want_states) = forward_with_states(&f, two.then_some(&b), combine, (s, d, l, n));
             let width = if combine == Combine::Concat { 2 * d } else { d };
             let mut plan = Plan::new();
             let mut bufs = Vec::new();
@@ -296,7 +326,11 @@ fn gpu_forward_matches_twin_around_the_chunk_size() {
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 assert!((g as f64 - w).abs() <= tol.rtol * scale, "{what}: out[{i}] {g} vs {w}");
             }
-            assert!(arena.download(states).unwrap().iter().all(|x| x.is_finite()), "{what}: chunk states");
+            let got_states = arena.download(states).unwrap();
+            let sscale = want_states.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+            for (i, (&g, &w)) in got_states.iter().zip(&want_states).enumerate() {
+                assert!((g - w).abs() <= 1e-4 * sscale, "{what}: chunk_states[{i}] {g} vs {w}");
+            }
         }
     }
 }

@@ -187,7 +187,7 @@ fn out_shape(dims: Dims, combine: Combine) -> [usize; 3] {
 }
 
 /// The forward scan (see the module docs). `chunk_states`, if given (`[dirs, S, D, ceil(L/32),
-/// N]` f32, GPU only), receives the state after each 32-step chunk for the backward.
+/// N]` f32), receives the state after each 32-step chunk (processing order) for the backward.
 pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>>, combine: Combine, out: ViewMut<'_, T>, chunk_states: Option<ViewMut<'_, f32>>) -> Result<()> {
     let mut locs = Vec::new();
     let dims = validate_pair(OP, fwd, rev, combine, &mut locs)?;
@@ -200,10 +200,12 @@ pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>
     }
     match common_loc(OP, &locs)? {
         Loc::Host => {
-            if chunk_states.is_some() {
-                return Err(Error::Unsupported { op: OP, what: "chunk_states on the CPU twin (it recomputes)".into() });
+            let mut st = chunk_states.as_ref().map(|_| vec![0.0; chunk_state_bytes(dims, dirs) / 4]);
+            store_f64(OP, "out", out, &cpu_forward(fwd, rev, combine, dims, st.as_deref_mut())?)?;
+            match (chunk_states, st) {
+                (Some(view), Some(st)) => store_f64(OP, "chunk_states", view, &st),
+                _ => Ok(()),
             }
-            store_f64(OP, "out", out, &cpu_forward(fwd, rev, combine, dims)?)
         }
         Loc::Cuda(gpu) => {
             require_f32::<T>(OP)?;
@@ -287,9 +289,12 @@ fn order(l: usize, r: usize) -> Box<dyn Iterator<Item = usize>> {
     }
 }
 
-/// y (before the gate, with the D skip) of one direction, `[S, D, L]`.
-fn scan_y(x: &Host, dims: Dims, r: usize) -> Vec<f64> {
+/// y (before the gate, with the D skip) of one direction, `[S, D, L]`; with `states`
+/// (`[S, D, ceil(L/32), N]`) also the state after each 32-step chunk in processing order, as the
+/// kernel saves it: forward after time steps 31, 63, ..., L−1; reverse after 32·(chunks−1), ..., 0.
+fn scan_y(x: &Host, dims: Dims, r: usize, mut states: Option<&mut [f64]>) -> Vec<f64> {
     let Dims { s: ns, d: nd, l: nl, n: nn } = dims;
+    let chunks = nl.div_ceil(CHUNK);
     let mut y = vec![0.0; ns * nd * nl];
     for s in 0..ns {
         for d in 0..nd {
@@ -305,6 +310,11 @@ fn scan_y(x: &Host, dims: Dims, r: usize) -> Vec<f64> {
                     acc += x.c[(s * nn + n) * nl + l] * h[n];
                 }
                 y[i] = acc + x.d_skip.as_ref().map_or(0.0, |v| v[d]) * x.u[i];
+                let chunk_done = if r == 0 { l % CHUNK == CHUNK - 1 || l + 1 == nl } else { l % CHUNK == 0 };
+                if let (true, Some(st)) = (chunk_done, states.as_deref_mut()) {
+                    let k = if r == 0 { l / CHUNK } else { chunks - 1 - l / CHUNK };
+                    st[((s * nd + d) * chunks + k) * nn..][..nn].copy_from_slice(&h);
+                }
             }
         }
     }
@@ -315,15 +325,23 @@ fn silu(x: f64) -> f64 {
     x * sigmoid(x)
 }
 
-fn cpu_forward<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>>, combine: Combine, dims: Dims) -> Result<Vec<f64>> {
+fn cpu_forward<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>>, combine: Combine, dims: Dims, states: Option<&mut [f64]>) -> Result<Vec<f64>> {
+    let per_dir = dims.s * dims.d * dims.l.div_ceil(CHUNK) * dims.n;
+    let (sf, sb) = match states {
+        Some(st) => {
+            let (a, b) = st.split_at_mut(per_dir);
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    };
     let f = host(OP, fwd)?;
-    let yf = scan_y(&f, dims, 0);
+    let yf = scan_y(&f, dims, 0, sf);
     let gate = |y: f64, z: &Option<Vec<f64>>, i: usize| z.as_ref().map_or(y, |z| y * silu(z[i]));
     let Some(rev) = rev else {
         return Ok(yf.iter().enumerate().map(|(i, &y)| gate(y, &f.z, i)).collect());
     };
     let b = host(OP, rev)?;
-    let yb = scan_y(&b, dims, 1);
+    let yb = scan_y(&b, dims, 1, sb);
     Ok(match combine {
         Combine::Sum => (0..yf.len()).map(|i| gate(yf[i] + yb[i], &f.z, i)).collect(),
         Combine::Concat => {
@@ -484,7 +502,7 @@ pub fn selective_scan_backward<T: Real>(
     let f = host(OP_BWD, fwd)?;
     let (sd, dl) = (dims.s, dims.d * dims.l);
     // Split dout into each direction's dy (before the gate) and the gates' gradients.
-    let yf = scan_y(&f, dims, 0);
+    let yf = scan_y(&f, dims, 0, None);
     let (dyf, dyb, dzf, dzb, b) = match rev {
         None => {
             let (dy, dz) = gate_backward(&dout, &yf, &f.z);
@@ -492,7 +510,7 @@ pub fn selective_scan_backward<T: Real>(
         }
         Some(rev) => {
             let b = host(OP_BWD, rev)?;
-            let yb = scan_y(&b, dims, 1);
+            let yb = scan_y(&b, dims, 1, None);
             match combine {
                 Combine::Sum => {
                     let ysum: Vec<f64> = yf.iter().zip(&yb).map(|(a, b)| a + b).collect();
