@@ -341,7 +341,11 @@ long emu_barriers() { return n_barriers; }
 long emu_warp_collectives() { return n_warp_collectives; }
 /* 1: do not print error messages (the self-test provokes errors on purpose). */
 void emu_set_quiet(int q) { quiet = q != 0; }
-/* Device-like buffers: exact-size mallocs, so the ASan build sees their bounds. */
-void* emu_alloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
+/* Device-like buffers: exact-size allocations (so the ASan build sees their bounds), aligned to
+ * 256 bytes like the crate's arena (float4 paths need 16). */
+void* emu_alloc(size_t bytes) {
+  void* p = nullptr;
+  return posix_memalign(&p, 256, bytes ? bytes : 1) == 0 ? p : nullptr;
+}
 void emu_free(void* p) { free(p); }
 }

@@ -27,6 +27,10 @@
  *     is a fresh malloc of exactly the launch's byte count per block, filled with a quiet-NaN
  *     pattern. In the ASan build an access past its end is reported, like one past the end of any
  *     buffer the driver allocated with emu_alloc (exact sizes), and kernel stack overflows.
+ *   - float4 (16-byte aligned), __ldg (a plain load), __nv_bfloat16 / __nv_bfloat162 storage with
+ *     round-to-nearest-even conversions, and the explicitly rounded __fadd_rn, __fsub_rn,
+ *     __fmul_rn, __fdiv_rn, __fsqrt_rn as plain IEEE f32 operations (exact, since the TU is built
+ *     with -ffp-contract=off: nothing is contracted into an FMA).
  *   - Static `__shared__` arrays become function-level statics: correct because blocks run one
  *     after another, but neither poisoned nor bounds-checked.
  *
@@ -40,7 +44,9 @@
  *     both); expf / exp2f / log1pf / sqrtf come from the host libm, not CUDA's (ulp differences).
  *     Results are close to the GPU's, not bitwise equal to them.
  *   - Partial-mask collectives, shuffle widths, 8-byte shuffles, cooperative groups, vector types
- *     (float4), bf16/half intrinsics, the y/z launch dimensions, texture / async-copy intrinsics.
+ *     other than float4, half and bf16 arithmetic (only the bf16 conversions __float2bfloat16_rn,
+ *     __floats2bfloat162_rn, __bfloat162float are here), the y/z launch dimensions, texture /
+ *     async-copy intrinsics.
  */
 #pragma once
 #include <math.h>
@@ -89,6 +95,36 @@ inline float __fsqrt_rn(float a) { return sqrtf(a); }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
+
+/* Vector type float4: four floats, 16-byte aligned as on the GPU (a misaligned float4 access
+ * faults there; here it is only as strict as the host, so the drivers allocate 256-byte-aligned
+ * buffers like the crate's arena). */
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+/* bf16 as in cuda_bf16.h: a 2-byte storage struct. kernels/common.h declares snug_bf16 as uint16_t
+ * when not compiled by nvcc, so __nv_bfloat16 converts to and from uint16_t (its bits). */
+struct __nv_bfloat16 {
+  uint16_t __x;
+  __nv_bfloat16() = default;
+  constexpr __nv_bfloat16(uint16_t bits, int) : __x(bits) {}
+  operator uint16_t() const { return __x; }
+};
+struct alignas(4) __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+/* Round to nearest even; NaN becomes the canonical 0x7fff (CUDA's host fallback does the same). */
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16(0x7fff, 0);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return __nv_bfloat16((uint16_t)(u >> 16), 0);
+}
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return __nv_bfloat162{__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
+inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((uint32_t)h.__x << 16); }
 
 enum EmuKind { EMU_SYNCWARP, EMU_SHFL, EMU_SHFL_XOR, EMU_SHFL_DOWN, EMU_SHFL_UP, EMU_ANY, EMU_ALL, EMU_BALLOT, EMU_BARRIER };
 /* Parks the calling thread at a synchronisation point; returns the collective's result. */

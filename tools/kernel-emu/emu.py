@@ -51,7 +51,7 @@ class Emu:
 
 
 class Mem:
-    """Device-like buffers: exact-size mallocs inside the emulator library (so the ASan build sees
+    """Device-like buffers: exact-size, 256-byte-aligned allocations inside the emulator library (so the ASan build sees
     their bounds). put() copies an array in, new() makes a NaN-poisoned one, get() copies out."""
 
     def __init__(self, emu):
