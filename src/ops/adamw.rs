@@ -137,14 +137,21 @@ fn bias_corrections(cfg: &AdamwConfig, step: u64) -> (f64, f64) {
 /// GPU handle's stream without a host sync. f32 runs on both; f64 only on the CPU (the reference).
 pub fn adamw_step<T: Real>(cfg: &AdamwConfig, step: u64, clip: Clip<'_, T>, t: AdamwTensor<'_, T>) -> Result<()> {
     validate(cfg, step)?;
-    let shape = t.param.shape().to_vec();
-    check_shape(OP, "grad", t.grad.shape(), &shape, "the shape of param")?;
-    check_shape(OP, "m", t.m.shape(), &shape, "the shape of param")?;
-    check_shape(OP, "v", t.v.shape(), &shape, "the shape of param")?;
-    let mut locs = vec![("param", t.param.loc()), ("grad", t.grad.loc()), ("m", t.m.loc()), ("v", t.v.loc())];
+    let shape = t.param.shape();
+    check_shape(OP, "grad", t.grad.shape(), shape, "the shape of param")?;
+    check_shape(OP, "m", t.m.shape(), shape, "the shape of param")?;
+    check_shape(OP, "v", t.v.shape(), shape, "the shape of param")?;
+    // A fixed array, not a Vec: this runs once per parameter tensor per step.
+    let mut locs = [("param", t.param.loc()); 6];
+    let mut nlocs = 1;
+    for extra in [("grad", t.grad.loc()), ("m", t.m.loc()), ("v", t.v.loc())] {
+        locs[nlocs] = extra;
+        nlocs += 1;
+    }
     if let Some(b) = &t.param_bf16 {
-        check_shape(OP, "param_bf16", b.shape(), &shape, "the shape of param")?;
-        locs.push(("param_bf16", b.loc()));
+        check_shape(OP, "param_bf16", b.shape(), shape, "the shape of param")?;
+        locs[nlocs] = ("param_bf16", b.loc());
+        nlocs += 1;
     }
     match &clip {
         Clip::None => {}
@@ -154,10 +161,11 @@ pub fn adamw_step<T: Real>(cfg: &AdamwConfig, step: u64, clip: Clip<'_, T>, t: A
             if norm.len() != 1 {
                 return Err(Error::Shape { op: OP, arg: "norm", expected: "[1] (one norm value)".into(), got: norm.shape().to_vec() });
             }
-            locs.push(("norm", norm.loc()));
+            locs[nlocs] = ("norm", norm.loc());
+            nlocs += 1;
         }
     }
-    let loc = common_loc(OP, &locs)?;
+    let loc = common_loc(OP, &locs[..nlocs])?;
     let (bc1, bc2_sqrt) = bias_corrections(cfg, step);
     match loc {
         Loc::Host => cpu(cfg, bc1, bc2_sqrt, clip, t),
