@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
         let out = plan.add::<f32>("out", &[s, width, l], Role::Activation).unwrap();
         let dout = plan.add::<f32>("dout", &[s, width, l], Role::Grad).unwrap();
         let states = plan.add::<f32>("chunk_states", &[dirs, s, d, l.div_ceil(CHUNK), n], Role::Saved).unwrap();
-        let ws = plan.add::<f32>("workspace", &[backward_workspace_bytes(dims, dirs) / 4], Role::Workspace).unwrap();
+        let ws = plan.add::<f32>("workspace", &[backward_workspace_bytes(dims, dirs, snug::DType::F32) / 4], Role::Workspace).unwrap();
         let (mut arena, measured) = measure_arena(&dev, &plan).unwrap();
         for (k, x) in bufs.iter().enumerate() {
             fill(&mut arena, x, dims, 10 + k as u64);

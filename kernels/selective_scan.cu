@@ -9,11 +9,15 @@
  *         one direction (dir[1].u == NULL): out = y_fwd * silu(z_fwd)
  * (no gate where z is NULL). The reverse direction reads the same tensors backwards: no flipped copies.
  *
- * Shapes: u, delta, z (S, D, L); A (D, N); B, C (S, N, L); D, delta_bias (D,). f32.
+ * Shapes: u, delta, z (S, D, L); A (D, N); B, C (S, N, L); D, delta_bias (D,). Activations (u,
+ * delta, z, B, C, out and their gradients) in T = f32 (the _f32 entries) or bf16 (_bf16), loaded
+ * into f32; parameters (A, D, delta_bias and their gradients), states and every sum in f32. In the
+ * summed mode the output buffer holds y_fwd between the two passes, so with bf16 storage y_fwd is
+ * rounded once before y_rev is added (likewise the parked y_fwd of the backward's dz).
  * Saved for backward: the inputs, plus chunk_states (dirs, S, D, ceil(L/32), N) when asked for
  * (the state after each 32-step chunk, so the backward recomputes within a chunk only).
  * Workspace: 0.
- * Floor: bytes = 4 (S D L (2 dirs x (u, delta) + z + out [x2 concat]) + S N L (2 dirs x (B, C)));
+ * Floor (f32; bf16 halves the activation bytes): bytes = 4 (S D L (2 dirs x (u, delta) + z + out [x2 concat]) + S N L (2 dirs x (B, C)));
  *        exp-unit work = 2 S D L N exponentials (one per state per step per direction).
  *
  * Mapping: one block per (sequence, group of channels_per_block channels); thread (channel c,
@@ -28,6 +32,7 @@
  * Determinism: fixed order everywhere, no atomics.
  */
 #include "selective_scan.h"
+#include "elem.cuh"
 
 namespace {
 
@@ -40,7 +45,8 @@ __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
 
 /* Dynamic shared memory: floats = 2 cpb LC (dt, dt*u) + 2 N LC (B, C) + cpb LC (npad + 1) (C h),
  * computed by src/ops/selective_scan.rs (smem_floats). Block: cpb * npad threads. */
-extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_f32(const SnugSelectiveScanParams P) {
+template <typename T>
+__device__ __forceinline__ void scan_fwd(const SnugSelectiveScanParams& P) {
   extern __shared__ float smem[];
   const int cpb = (int)P.channels_per_block, npad = (int)P.npad, n_states = (int)P.n;
   const int D = (int)P.d, L = (int)P.l;
@@ -63,8 +69,14 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_f32(const S
   const uint64_t sdl = (s * D) * (uint64_t)L;  // offset of (s, 0, 0) in (S, D, L)
   const uint64_t snl = (s * n_states) * (uint64_t)L;
 
+  T* out = static_cast<T*>(P.out);
   for (int r = 0; r < dirs; ++r) {
     const SnugScanDir& X = P.dir[r];
+    const T* xu = static_cast<const T*>(X.u);
+    const T* xdelta = static_cast<const T*>(X.delta);
+    const T* xb = static_cast<const T*>(X.b);
+    const T* xc = static_cast<const T*>(X.c);
+    const T* xz = static_cast<const T*>(X.z);
     const float a2 = active ? X.a[d_me * n_states + n_me] * 1.4426950408889634f : 0.f;  // A log2(e)
     float h = 0.f;
     for (int k = 0; k < chunks; ++k) {
@@ -78,8 +90,8 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_f32(const S
         float dt = 0.f, du = 0.f;
         if (d < D && l < L) {
           const uint64_t off = sdl + (uint64_t)d * L + l;
-          dt = softplus(X.delta[off] + (X.delta_bias != nullptr ? X.delta_bias[d] : 0.f));
-          du = dt * X.u[off];
+          dt = softplus(snug_ld(xdelta, off) + (X.delta_bias != nullptr ? X.delta_bias[d] : 0.f));
+          du = dt * snug_ld(xu, off);
         }
         dt_s[i] = dt;
         du_s[i] = du;
@@ -87,8 +99,8 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_f32(const S
       for (int i = tid; i < n_states * LC; i += nthreads) {
         const int n = i / LC, l = l0 + i % LC;
         const bool ok = l < L;
-        b_s[i] = ok ? X.b[snl + (uint64_t)n * L + l] : 0.f;
-        c_s[i] = ok ? X.c[snl + (uint64_t)n * L + l] : 0.f;
+        b_s[i] = ok ? snug_ld(xb, snl + (uint64_t)n * L + l) : 0.f;
+        c_s[i] = ok ? snug_ld(xc, snl + (uint64_t)n * L + l) : 0.f;
       }
       __syncthreads();
       if (c_me < cpb) {
@@ -114,21 +126,24 @@ extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_f32(const S
         const float* pr = part + (c * LC + j) * (npad + 1);
         for (int n = 0; n < n_states; ++n) y += pr[n];
         const uint64_t off = sdl + (uint64_t)d * L + l;
-        if (X.d_skip != nullptr) y = fmaf(X.d_skip[d], X.u[off], y);
+        if (X.d_skip != nullptr) y = fmaf(X.d_skip[d], snug_ld(xu, off), y);
         if (P.concat) {
-          if (X.z != nullptr) y *= silu(X.z[off]);
-          P.out[(s * 2 * D + (uint64_t)r * D + d) * L + l] = y;
+          if (xz != nullptr) y *= silu(snug_ld(xz, off));
+          snug_st(out, (s * 2 * D + (uint64_t)r * D + d) * L + l, y);
         } else if (r + 1 < dirs) {
-          P.out[off] = y;  // y_fwd; the reverse pass adds y_rev and gates
+          snug_st(out, off, y);  // y_fwd; the reverse pass adds y_rev and gates
         } else {
-          if (r == 1) y += P.out[off];
-          const float* z = P.dir[0].z;
-          P.out[off] = z != nullptr ? y * silu(z[off]) : y;
+          if (r == 1) y += snug_ld(out, off);
+          const T* z = static_cast<const T*>(P.dir[0].z);
+          snug_st(out, off, z != nullptr ? y * silu(snug_ld(z, off)) : y);
         }
       }
     }
   }
 }
+
+extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_f32(const SnugSelectiveScanParams P) { scan_fwd<float>(P); }
+extern "C" __global__ void __launch_bounds__(128) selective_scan_fwd_bf16(const SnugSelectiveScanParams P) { scan_fwd<__nv_bfloat16>(P); }
 
 /* ------------------------------------------------------------------------------------------------
  * Backward. One block per sequence (so the reductions of dB and dC over channels stay on chip, in
@@ -158,7 +173,8 @@ __device__ __forceinline__ float dsilu(float z) {
 }
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(const SnugSelectiveScanBwdParams P) {
+template <typename T>
+__device__ __forceinline__ void scan_bwd(const SnugSelectiveScanBwdParams& P) {
   extern __shared__ float smem[];
   const int cpb = (int)P.channels_per_block, npad = (int)P.npad, N = (int)P.n;
   const int D = (int)P.d, L = (int)P.l;
@@ -189,11 +205,22 @@ extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(cons
   const int groups = (D + cpb - 1) / cpb;
   const uint64_t sdl = (s * D) * (uint64_t)L, snl = (s * N) * (uint64_t)L;
   const uint64_t out_row = P.concat ? 2 * (uint64_t)D : (uint64_t)D;
+  const T* dout = static_cast<const T*>(P.dout);
 
   for (int r = 0; r < dirs; ++r) {
     const SnugScanDir& X = P.dir[r];
     const SnugScanDirGrads& G = P.grad[r];
-    const float* zg = P.concat ? X.z : P.dir[0].z;  // the gate of this direction's output
+    const T* xu = static_cast<const T*>(X.u);
+    const T* xdelta = static_cast<const T*>(X.delta);
+    const T* xb = static_cast<const T*>(X.b);
+    const T* xc = static_cast<const T*>(X.c);
+    const T* zg = static_cast<const T*>(P.concat ? X.z : P.dir[0].z);  // the gate of this direction's output
+    T* gdu = static_cast<T*>(G.du);
+    T* gddelta = static_cast<T*>(G.ddelta);
+    T* gdb = static_cast<T*>(G.db);
+    T* gdc = static_cast<T*>(G.dc);
+    T* gdz = static_cast<T*>(G.dz);
+    T* gdz0 = static_cast<T*>(P.grad[0].dz);
     for (int g = 0; g < groups; ++g) {
       const int d0 = g * cpb, d_me = d0 + c_me;
       const bool active = n_me < N && d_me < D;
@@ -210,12 +237,12 @@ extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(cons
           float dt = 0.f, u = 0.f, sp = 0.f, dy = 0.f;
           if (d < D && l < L) {
             const uint64_t off = sdl + (uint64_t)d * L + l;
-            const float raw = X.delta[off] + (X.delta_bias != nullptr ? X.delta_bias[d] : 0.f);
+            const float raw = snug_ld(xdelta, off) + (X.delta_bias != nullptr ? X.delta_bias[d] : 0.f);
             dt = softplus(raw);
             sp = raw > 20.f ? 1.f : 1.f / (1.f + expf(-raw));
-            u = X.u[off];
-            dy = P.dout[(s * out_row + (P.concat ? (uint64_t)r * D : 0) + d) * L + l];
-            if (zg != nullptr) dy *= silu(zg[off]);
+            u = snug_ld(xu, off);
+            dy = snug_ld(dout, (s * out_row + (P.concat ? (uint64_t)r * D : 0) + d) * L + l);
+            if (zg != nullptr) dy *= silu(snug_ld(zg, off));
           }
           dt_s[i] = dt;
           u_s[i] = u;
@@ -225,8 +252,8 @@ extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(cons
         for (int i = tid; i < N * LC; i += nthreads) {
           const int n = i / LC, l = l0 + i % LC;
           const bool ok = l < L;
-          b_s[i] = ok ? X.b[snl + (uint64_t)n * L + l] : 0.f;
-          c_s[i] = ok ? X.c[snl + (uint64_t)n * L + l] : 0.f;
+          b_s[i] = ok ? snug_ld(xb, snl + (uint64_t)n * L + l) : 0.f;
+          c_s[i] = ok ? snug_ld(xc, snl + (uint64_t)n * L + l) : 0.f;
         }
         __syncthreads();
         // Recompute the chunk's states (processing order) from the saved start state.
@@ -293,8 +320,9 @@ extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(cons
             }
           }
           __syncthreads();
-          // dB, dC of these SUB steps: sum the slots in order, then add to (or, for the first
-          // channel group, write) the sequence's rows.
+          // dB, dC of these SUB steps: sum the slots in order, then add to the f32 running sums
+          // over channel groups (db_acc / dc_acc; the first group starts them) and store the
+          // total in T with the last group.
           for (int i = tid; i < SUB * N; i += nthreads) {
             const int t = i / N, n = i % N;
             const int jj = q * SUB + t;
@@ -306,8 +334,17 @@ extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(cons
               sc += rc[(u * SUB + t) * N + n];
             }
             const uint64_t o = snl + (uint64_t)n * L + l;
-            G.db[o] = g == 0 ? sb : G.db[o] + sb;
-            G.dc[o] = g == 0 ? sc : G.dc[o] + sc;
+            if (g > 0) {
+              sb += G.db_acc[o];
+              sc += G.dc_acc[o];
+            }
+            if (g + 1 == groups) {
+              snug_st(gdb, o, sb);
+              snug_st(gdc, o, sc);
+            } else {
+              G.db_acc[o] = sb;
+              G.dc_acc[o] = sc;
+            }
           }
           __syncthreads();
         }
@@ -323,23 +360,23 @@ extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(cons
             y += y_o[cpb * LC + i];
           }
           const float dskip = X.d_skip != nullptr ? X.d_skip[d] : 0.f;
-          G.du[off] = fmaf(dskip, dy_s[i], du);
+          snug_st(gdu, off, fmaf(dskip, dy_s[i], du));
           const float dd = ddt * sp_s[i];
-          G.ddelta[off] = dd;
+          snug_st(gddelta, off, dd);
           dt_o[i] = dd;  // kept for the per-channel sums below
           y = fmaf(dskip, u_s[i], y);
-          if (G.dz != nullptr) {
-            const float dout = P.dout[(s * out_row + (P.concat ? (uint64_t)r * D : 0) + d) * L + l];
+          if (gdz != nullptr) {
+            const float go = snug_ld(dout, (s * out_row + (P.concat ? (uint64_t)r * D : 0) + d) * L + l);
             if (P.concat || dirs == 1) {
-              G.dz[off] = dout * y * dsilu(zg[off]);
+              snug_st(gdz, off, go * y * dsilu(snug_ld(zg, off)));
             } else if (r == 0) {
-              G.dz[off] = y;  // y_fwd, finished in the reverse pass
+              snug_st(gdz, off, y);  // y_fwd, finished in the reverse pass
             } else {
-              G.dz[off] = dout * (P.grad[0].dz[off] + y) * dsilu(zg[off]);
+              snug_st(gdz, off, go * (snug_ld(gdz0, off) + y) * dsilu(snug_ld(zg, off)));
             }
-          } else if (!P.concat && dirs == 2 && r == 1 && P.grad[0].dz != nullptr) {
-            const float dout = P.dout[(s * out_row + d) * L + l];
-            P.grad[0].dz[off] = dout * (P.grad[0].dz[off] + y) * dsilu(zg[off]);
+          } else if (!P.concat && dirs == 2 && r == 1 && gdz0 != nullptr) {
+            const float go = snug_ld(dout, (s * out_row + d) * L + l);
+            snug_st(gdz0, off, go * (snug_ld(gdz0, off) + y) * dsilu(snug_ld(zg, off)));
           }
         }
         __syncthreads();
@@ -360,6 +397,15 @@ extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(cons
     }
   }
 }
+
+extern "C" __global__ void __launch_bounds__(128, 3) selective_scan_bwd_f32(const SnugSelectiveScanBwdParams P) { scan_bwd<float>(P); }
+/* sm_75 converts bf16 in software: three blocks per SM (168 registers) would spill there. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define SNUG_SCAN_BWD_BF16_BLOCKS 2
+#else
+#define SNUG_SCAN_BWD_BF16_BLOCKS 3
+#endif
+extern "C" __global__ void __launch_bounds__(128, SNUG_SCAN_BWD_BF16_BLOCKS) selective_scan_bwd_bf16(const SnugSelectiveScanBwdParams P) { scan_bwd<__nv_bfloat16>(P); }
 
 /* Sums per-sequence partials in sequence order: thread per (d, n) of dA, then per d of dD, dbias. */
 extern "C" __global__ void __launch_bounds__(256) selective_scan_reduce_f32(const SnugScanReduceParams P) {

@@ -395,7 +395,7 @@ fn gpu_backward_matches_twin() {
             let out = plan.add::<f32>("out", &[s, width, l], Role::Activation).unwrap();
             let bdout = plan.add::<f32>("dout", &[s, width, l], Role::Grad).unwrap();
             let states = plan.add::<f32>("states", &[dirs, s, d, l.div_ceil(CHUNK), n], Role::Saved).unwrap();
-            let ws = plan.add::<f32>("ws", &[backward_workspace_bytes(Dims { s, d, l, n }, dirs) / 4], Role::Workspace).unwrap();
+            let ws = plan.add::<f32>("ws", &[backward_workspace_bytes(Dims { s, d, l, n }, dirs, snug::DType::F32) / 4], Role::Workspace).unwrap();
             let mut arena = Arena::new(&dev, &plan).unwrap();
             let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
             for (x, h) in dd.iter().zip([&f, &b]) {
@@ -450,6 +450,180 @@ fn gpu_backward_matches_twin() {
                     for (i, (&g, &w)) in got.iter().zip(&want[m]).enumerate() {
                         assert!((g as f64 - w).abs() <= 1e-4 * scale, "S={s} D={d} L={l} N={n} {combine:?} two={two} dir {k} {name}[{i}]: {g} vs {w} (scale {scale:e})");
                     }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 storage (activations bf16, parameters f32, f32 states and sums)
+
+fn bf(v: &[f64]) -> Vec<half::bf16> {
+    v.iter().map(|&x| half::bf16::from_f64(x)).collect()
+}
+
+/// The inputs as the bf16 path sees them: activations rounded to bf16, parameters to f32.
+fn round_bf16(x: &Dir) -> Dir {
+    let b = |v: &[f64]| v.iter().map(|&x| half::bf16::from_f64(x).to_f64()).collect::<Vec<_>>();
+    let f = |v: &[f64]| v.iter().map(|&x| x as f32 as f64).collect::<Vec<_>>();
+    Dir { u: b(&x.u), delta: b(&x.delta), a: f(&x.a), b: b(&x.b), c: b(&x.c), d: f(&x.d), bias: f(&x.bias), z: b(&x.z) }
+}
+
+/// Host bf16 / f32 copies of one direction.
+struct HostBf16 {
+    act: [Vec<half::bf16>; 5], // u, delta, b, c, z
+    par: [Vec<f32>; 3],        // a, d, bias
+}
+
+fn host_bf16(x: &Dir) -> HostBf16 {
+    let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    HostBf16 { act: [bf(&x.u), bf(&x.delta), bf(&x.b), bf(&x.c), bf(&x.z)], par: [f(&x.a), f(&x.d), f(&x.bias)] }
+}
+
+fn view_bf16(x: &HostBf16, (s, d, l, n): (usize, usize, usize, usize), gate: bool) -> ScanDir<'_, half::bf16, f32> {
+    ScanDir {
+        u: View::host(&x.act[0], &[s, d, l]).unwrap(),
+        delta: View::host(&x.act[1], &[s, d, l]).unwrap(),
+        a: View::host(&x.par[0], &[d, n]).unwrap(),
+        b: View::host(&x.act[2], &[s, n, l]).unwrap(),
+        c: View::host(&x.act[3], &[s, n, l]).unwrap(),
+        d_skip: Some(View::host(&x.par[1], &[d]).unwrap()),
+        delta_bias: Some(View::host(&x.par[2], &[d]).unwrap()),
+        z: gate.then(|| View::host(&x.act[4], &[s, d, l]).unwrap()),
+    }
+}
+
+#[test]
+fn bf16_twin_rounds_the_f64_result_once() {
+    // Same API with bf16 activations and f32 parameters on the CPU: the twin computes in f64 and
+    // rounds each output once, so it equals the f64 twin on the rounded inputs, rounded.
+    let dims @ (s, d, l, n) = (2usize, 3usize, 40usize, 4usize);
+    let mut r = rng(60);
+    let (f, b) = (round_bf16(&dir(&mut r, s, d, l, n)), round_bf16(&dir(&mut r, s, d, l, n)));
+    let want = forward(&f, Some(&b), Combine::Concat, dims);
+    let (hf, hb) = (host_bf16(&f), host_bf16(&b));
+    let mut out = vec![half::bf16::NAN; s * 2 * d * l];
+    selective_scan(&view_bf16(&hf, dims, true), Some(&view_bf16(&hb, dims, true)), Combine::Concat, ViewMut::host(&mut out, &[s, 2 * d, l]).unwrap(), None).unwrap();
+    for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+        assert_eq!(g.to_bits(), half::bf16::from_f64(*w).to_bits(), "out[{i}]: {g} vs {w}");
+    }
+}
+
+#[test]
+fn gpu_bf16_matches_twin() {
+    let Some(dev) = gpu_or_skip("gpu_bf16_matches_twin") else { return };
+    let mut r = rng(61);
+    // (3, 4, 7, 8): one channel group per block (dB/dC summed in place); (2, 40, 100, 16) and
+    // (1, 16, 960, 16): several groups (f32 running sums in the workspace).
+    for dims @ (s, d, l, n) in [(3usize, 4usize, 7usize, 8usize), (2, 40, 100, 16), (1, 16, 960, 16)] {
+        for (combine, two) in [(Combine::Sum, true), (Combine::Concat, true), (Combine::Sum, false)] {
+            let (f, b) = (round_bf16(&dir(&mut r, s, d, l, n)), round_bf16(&dir(&mut r, s, d, l, n)));
+            let width = if combine == Combine::Concat { 2 * d } else { d };
+            let dout: Vec<f64> = randn(&mut r, s * width * l, 1.0).into_iter().map(|x| half::bf16::from_f32(x).to_f64()).collect();
+            let gated_rev = combine == Combine::Concat;
+            let want_out = forward(&f, two.then_some(&b), combine, dims);
+            let z = |k| vec![0.0; k];
+            let mut want_f = [z(s * d * l), z(s * d * l), z(d * n), z(s * n * l), z(s * n * l), z(d), z(d), z(s * d * l)];
+            let mut want_b = want_f.clone();
+            {
+                let (fv, bv) = (view(&f, s, d, l, n, true), view(&b, s, d, l, n, gated_rev));
+                let gb = two.then(|| grads(&mut want_b, dims, gated_rev));
+                selective_scan_backward(&fv, two.then_some(&bv), combine, View::host(&dout, &[s, width, l]).unwrap(), BackwardSaved::None, grads(&mut want_f, dims, true), gb).unwrap();
+            }
+            let dirs = 1 + two as usize;
+            let mut plan = Plan::new();
+            let bt = |plan: &mut Plan, name: String, shape: &[usize], role| plan.add::<half::bf16>(name, shape, role).unwrap();
+            let mut bufs = Vec::new();
+            let (snl, sdl) = ([s, n, l], [s, d, l]);
+            for k in 0..2 {
+                let act: Vec<_> = ["u", "delta", "b", "c", "z"].iter().map(|nm| bt(&mut plan, format!("{k}.{nm}"), if *nm == "b" || *nm == "c" { &snl } else { &sdl }, Role::Activation)).collect();
+                let par: Vec<_> = [("a", vec![d, n]), ("d", vec![d]), ("bias", vec![d])].iter().map(|(nm, sh)| plan.add::<f32>(format!("{k}.{nm}"), sh, Role::Param).unwrap()).collect();
+                let gact: Vec<_> = ["du", "ddelta", "db", "dc", "dz"].iter().map(|nm| bt(&mut plan, format!("{k}.{nm}"), if *nm == "db" || *nm == "dc" { &snl } else { &sdl }, Role::Grad)).collect();
+                let gpar: Vec<_> = [("da", vec![d, n]), ("dd", vec![d]), ("dbias", vec![d])].iter().map(|(nm, sh)| plan.add::<f32>(format!("{k}.{nm}"), sh, Role::Grad).unwrap()).collect();
+                bufs.push((act, par, gact, gpar));
+            }
+            let out = bt(&mut plan, "out".into(), &[s, width, l], Role::Activation);
+            let bdout = bt(&mut plan, "dout".into(), &[s, width, l], Role::Grad);
+            let states = plan.add::<f32>("states", &[dirs, s, d, l.div_ceil(CHUNK), n], Role::Saved).unwrap();
+            let ws_len = backward_workspace_bytes(Dims { s, d, l, n }, dirs, snug::DType::BF16) / 4;
+            let ws = plan.add::<f32>("ws", &[ws_len], Role::Workspace).unwrap();
+            let mut arena = Arena::new(&dev, &plan).unwrap();
+            for ((act, par, gact, gpar), x) in bufs.iter().zip([&f, &b]) {
+                let h = host_bf16(x);
+                for (buf, v) in act.iter().zip(&h.act) {
+                    arena.upload(*buf, v).unwrap();
+                }
+                for (buf, v) in par.iter().zip(&h.par) {
+                    arena.upload(*buf, v).unwrap();
+                }
+                for buf in gact {
+                    poison(&mut arena, *buf).unwrap();
+                }
+                for buf in gpar {
+                    poison(&mut arena, *buf).unwrap();
+                }
+            }
+            arena.upload(bdout, &bf(&dout)).unwrap();
+            poison(&mut arena, out).unwrap();
+            poison(&mut arena, ws).unwrap();
+            {
+                let bw = arena.borrow();
+                let mk = |k: usize, gate: bool| {
+                    let (act, par, _, _) = &bufs[k];
+                    ScanDir {
+                        u: bw.read(act[0]).unwrap(),
+                        delta: bw.read(act[1]).unwrap(),
+                        a: bw.read(par[0]).unwrap(),
+                        b: bw.read(act[2]).unwrap(),
+                        c: bw.read(act[3]).unwrap(),
+                        d_skip: Some(bw.read(par[1]).unwrap()),
+                        delta_bias: Some(bw.read(par[2]).unwrap()),
+                        z: gate.then(|| bw.read(act[4]).unwrap()),
+                    }
+                };
+                let fv = mk(0, true);
+                let bv = two.then(|| mk(1, gated_rev));
+                selective_scan(&fv, bv.as_ref(), combine, bw.write(out).unwrap(), Some(bw.write(states).unwrap())).unwrap();
+                let mkg = |k: usize, gate: bool| {
+                    let (_, _, gact, gpar) = &bufs[k];
+                    ScanDirGrads {
+                        du: bw.write(gact[0]).unwrap(),
+                        ddelta: bw.write(gact[1]).unwrap(),
+                        da: bw.write(gpar[0]).unwrap(),
+                        db: bw.write(gact[2]).unwrap(),
+                        dc: bw.write(gact[3]).unwrap(),
+                        dd_skip: Some(bw.write(gpar[1]).unwrap()),
+                        ddelta_bias: Some(bw.write(gpar[2]).unwrap()),
+                        dz: gate.then(|| bw.write(gact[4]).unwrap()),
+                    }
+                };
+                let saved = BackwardSaved::Gpu { chunk_states: bw.read(states).unwrap(), workspace: bw.write(ws).unwrap() };
+                selective_scan_backward(&fv, bv.as_ref(), combine, bw.read(bdout).unwrap(), saved, mkg(0, true), two.then(|| mkg(1, gated_rev))).unwrap();
+            }
+            let what = format!("bf16 S={s} D={d} L={l} N={n} {combine:?} two={two}");
+            // bf16 storage: |got − want| ≤ 1e-2 · max|want| per tensor (SPEC §2).
+            let close = |name: &str, got: Vec<f64>, want: &[f64]| {
+                let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!((g - w).abs() <= 1e-2 * scale, "{what}: {name}[{i}] {g} vs {w} (scale {scale:e})");
+                }
+            };
+            close("out", arena.download(out).unwrap().iter().map(|x| x.to_f64()).collect(), &want_out);
+            for (k, want) in [&want_f, &want_b].iter().enumerate() {
+                if k == 1 && !two {
+                    continue;
+                }
+                let (_, _, gact, gpar) = &bufs[k];
+                for (m, name) in [(0usize, "du"), (1, "ddelta"), (3, "db"), (4, "dc"), (7, "dz")] {
+                    if m == 7 && k == 1 && !gated_rev {
+                        continue;
+                    }
+                    let idx = [0, 1, 9, 2, 3, 9, 9, 4][m];
+                    close(&format!("dir {k} {name}"), arena.download(gact[idx]).unwrap().iter().map(|x| x.to_f64()).collect(), &want[m]);
+                }
+                for (m, name, idx) in [(2usize, "da", 0usize), (5, "dd_skip", 1), (6, "ddelta_bias", 2)] {
+                    close(&format!("dir {k} {name}"), arena.download(gpar[idx]).unwrap().iter().map(|&x| x as f64).collect(), &want[m]);
                 }
             }
         }

@@ -319,14 +319,14 @@ impl Default for SnugLaplacianPeParams {
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SnugScanDir {
-    pub u: *const f32,
-    pub delta: *const f32,
+    pub u: *const ::core::ffi::c_void,
+    pub delta: *const ::core::ffi::c_void,
     pub a: *const f32,
-    pub b: *const f32,
-    pub c: *const f32,
+    pub b: *const ::core::ffi::c_void,
+    pub c: *const ::core::ffi::c_void,
     pub d_skip: *const f32,
     pub delta_bias: *const f32,
-    pub z: *const f32,
+    pub z: *const ::core::ffi::c_void,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -356,7 +356,7 @@ impl Default for SnugScanDir {
 #[derive(Debug, Copy, Clone)]
 pub struct SnugSelectiveScanParams {
     pub dir: [SnugScanDir; 2usize],
-    pub out: *mut f32,
+    pub out: *mut ::core::ffi::c_void,
     pub chunk_states: *mut f32,
     pub s: u64,
     pub d: u32,
@@ -405,18 +405,20 @@ impl Default for SnugSelectiveScanParams {
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SnugScanDirGrads {
-    pub du: *mut f32,
-    pub ddelta: *mut f32,
-    pub db: *mut f32,
-    pub dc: *mut f32,
-    pub dz: *mut f32,
+    pub du: *mut ::core::ffi::c_void,
+    pub ddelta: *mut ::core::ffi::c_void,
+    pub db: *mut ::core::ffi::c_void,
+    pub dc: *mut ::core::ffi::c_void,
+    pub dz: *mut ::core::ffi::c_void,
     pub da_part: *mut f32,
     pub dd_part: *mut f32,
     pub dbias_part: *mut f32,
+    pub db_acc: *mut f32,
+    pub dc_acc: *mut f32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SnugScanDirGrads"][::core::mem::size_of::<SnugScanDirGrads>() - 64usize];
+    ["Size of SnugScanDirGrads"][::core::mem::size_of::<SnugScanDirGrads>() - 80usize];
     ["Alignment of SnugScanDirGrads"][::core::mem::align_of::<SnugScanDirGrads>() - 8usize];
     ["Offset of field: SnugScanDirGrads::du"]
         [::core::mem::offset_of!(SnugScanDirGrads, du) - 0usize];
@@ -434,6 +436,10 @@ const _: () = {
         [::core::mem::offset_of!(SnugScanDirGrads, dd_part) - 48usize];
     ["Offset of field: SnugScanDirGrads::dbias_part"]
         [::core::mem::offset_of!(SnugScanDirGrads, dbias_part) - 56usize];
+    ["Offset of field: SnugScanDirGrads::db_acc"]
+        [::core::mem::offset_of!(SnugScanDirGrads, db_acc) - 64usize];
+    ["Offset of field: SnugScanDirGrads::dc_acc"]
+        [::core::mem::offset_of!(SnugScanDirGrads, dc_acc) - 72usize];
 };
 impl Default for SnugScanDirGrads {
     fn default() -> Self {
@@ -449,7 +455,7 @@ impl Default for SnugScanDirGrads {
 pub struct SnugSelectiveScanBwdParams {
     pub dir: [SnugScanDir; 2usize],
     pub grad: [SnugScanDirGrads; 2usize],
-    pub dout: *const f32,
+    pub dout: *const ::core::ffi::c_void,
     pub chunk_states: *const f32,
     pub s: u64,
     pub d: u32,
@@ -462,7 +468,7 @@ pub struct SnugSelectiveScanBwdParams {
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     ["Size of SnugSelectiveScanBwdParams"]
-        [::core::mem::size_of::<SnugSelectiveScanBwdParams>() - 304usize];
+        [::core::mem::size_of::<SnugSelectiveScanBwdParams>() - 336usize];
     ["Alignment of SnugSelectiveScanBwdParams"]
         [::core::mem::align_of::<SnugSelectiveScanBwdParams>() - 8usize];
     ["Offset of field: SnugSelectiveScanBwdParams::dir"]
@@ -470,23 +476,23 @@ const _: () = {
     ["Offset of field: SnugSelectiveScanBwdParams::grad"]
         [::core::mem::offset_of!(SnugSelectiveScanBwdParams, grad) - 128usize];
     ["Offset of field: SnugSelectiveScanBwdParams::dout"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, dout) - 256usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, dout) - 288usize];
     ["Offset of field: SnugSelectiveScanBwdParams::chunk_states"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, chunk_states) - 264usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, chunk_states) - 296usize];
     ["Offset of field: SnugSelectiveScanBwdParams::s"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, s) - 272usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, s) - 304usize];
     ["Offset of field: SnugSelectiveScanBwdParams::d"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, d) - 280usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, d) - 312usize];
     ["Offset of field: SnugSelectiveScanBwdParams::l"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, l) - 284usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, l) - 316usize];
     ["Offset of field: SnugSelectiveScanBwdParams::n"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, n) - 288usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, n) - 320usize];
     ["Offset of field: SnugSelectiveScanBwdParams::npad"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, npad) - 292usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, npad) - 324usize];
     ["Offset of field: SnugSelectiveScanBwdParams::channels_per_block"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, channels_per_block) - 296usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, channels_per_block) - 328usize];
     ["Offset of field: SnugSelectiveScanBwdParams::concat"]
-        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, concat) - 300usize];
+        [::core::mem::offset_of!(SnugSelectiveScanBwdParams, concat) - 332usize];
 };
 impl Default for SnugSelectiveScanBwdParams {
     fn default() -> Self {

@@ -12,10 +12,12 @@ pub mod selective_scan;
 use crate::memory::{Loc, View, ViewMut};
 use crate::{Element, Error, Result};
 
-/// Float types the CPU twins compute in: f32 (same precision as the kernels) and f64 (reference).
+/// Float types the CPU twins take: f32 (as the kernels), f64 (the reference) and bf16 storage
+/// (computed in f64, rounded once on store).
 pub trait Real: Element + num_traits::Float + num_traits::FromPrimitive + std::iter::Sum {}
 impl Real for f32 {}
 impl Real for f64 {}
+impl Real for half::bf16 {}
 
 /// All arguments on one place, or a [`Error::DeviceMismatch`] naming the first that is not.
 pub(crate) fn common_loc<'a>(op: &'static str, locs: &[(&'static str, Loc<'a>)]) -> Result<Loc<'a>> {
@@ -62,6 +64,14 @@ pub(crate) fn store_f64<T: Real>(op: &'static str, arg: &'static str, dst: ViewM
     let d = dst.into_slice_mut().ok_or_else(|| not_host(op, arg))?;
     for (o, &x) in d.iter_mut().zip(src) {
         *o = T::from_f64(x).unwrap_or_else(T::nan);
+    }
+    Ok(())
+}
+
+/// GPU kernels templated on their storage: f32 or bf16 activations.
+pub(crate) fn require_f32_or_bf16<T: Element>(op: &'static str) -> Result<()> {
+    if !matches!(T::DTYPE, crate::DType::F32 | crate::DType::BF16) {
+        return Err(Error::Unsupported { op, what: format!("{} activations on the GPU (f32 or bf16; f64 runs on the CPU twin)", T::DTYPE) });
     }
     Ok(())
 }

@@ -14,17 +14,26 @@
 //! recomputes the states inside one chunk at a time and walks it backwards. dB and dC are reduced
 //! over channels on chip, per sequence, in a fixed order; dA, dD and delta_bias's gradient go
 //! through per-sequence partials ([`backward_workspace_bytes`]) summed over sequences in order by a
-//! second kernel. No (S, D, L, N) tensor anywhere; deterministic. f32 on the GPU (bf16 storage is
-//! still to come); the CPU twin (f64 reference) recomputes everything.
+//! second kernel. No (S, D, L, N) tensor anywhere; deterministic. The CPU twin (f64 reference)
+//! recomputes everything.
+//!
+//! Types: activations (u, delta, z, B, C, the output and their gradients) are `T`, parameters (A,
+//! D, delta_bias and their gradients) are `P`. On the GPU `T` is f32 or bf16 and `P` is f32; states
+//! and every sum are f32 in both. With bf16 storage the summed mode rounds y_fwd once to bf16
+//! before adding y_rev (the output buffer holds it between the passes), and the backward sums dB /
+//! dC over channel groups in an f32 workspace ([`backward_workspace_bytes`]). The CPU twin takes
+//! any [`Real`] for both (f64 as the reference; bf16 rounds once on store).
 
 #![allow(clippy::needless_range_loop)] // index-heavy reference math reads clearer with indices
 
 use cudarc::driver::LaunchConfig;
 
-use super::{check_shape, common_loc, host_f64, require_f32, store_f64, Real};
+use std::ffi::c_void;
+
+use super::{check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, Real};
 use crate::ffi::{self, SnugScanDir, SnugScanDirGrads, SnugScanReduceParams, SnugSelectiveScanBwdParams, SnugSelectiveScanParams};
 use crate::memory::{Loc, View, ViewMut};
-use crate::{Element, Error, Result};
+use crate::{DType, Element, Error, Result};
 
 const OP: &str = "selective_scan";
 const OP_BWD: &str = "selective_scan_backward";
@@ -43,23 +52,23 @@ pub enum Combine {
     Concat,
 }
 
-/// One direction's inputs.
+/// One direction's inputs: activations `T`, parameters `P`.
 #[derive(Debug)]
-pub struct ScanDir<'a, T: Element> {
+pub struct ScanDir<'a, T: Element, P: Element = T> {
     /// `[S, D, L]`.
     pub u: View<'a, T>,
     /// `[S, D, L]`, before `delta_bias` and softplus.
     pub delta: View<'a, T>,
     /// `[D, N]` (negative real parts in Mamba: `-exp(A_log)`).
-    pub a: View<'a, T>,
+    pub a: View<'a, P>,
     /// `[S, N, L]`.
     pub b: View<'a, T>,
     /// `[S, N, L]`.
     pub c: View<'a, T>,
     /// `[D]` skip connection, or none.
-    pub d_skip: Option<View<'a, T>>,
+    pub d_skip: Option<View<'a, P>>,
     /// `[D]`, or none.
-    pub delta_bias: Option<View<'a, T>>,
+    pub delta_bias: Option<View<'a, P>>,
     /// `[S, D, L]` gate. With [`Combine::Sum`] only the forward direction's gate is used (and the
     /// reverse direction's must be `None`).
     pub z: Option<View<'a, T>>,
@@ -67,21 +76,21 @@ pub struct ScanDir<'a, T: Element> {
 
 /// Gradients of one direction's inputs (all written, overwriting).
 #[derive(Debug)]
-pub struct ScanDirGrads<'a, T: Element> {
+pub struct ScanDirGrads<'a, T: Element, P: Element = T> {
     /// `[S, D, L]`.
     pub du: ViewMut<'a, T>,
     /// `[S, D, L]` (w.r.t. the raw delta, before bias and softplus).
     pub ddelta: ViewMut<'a, T>,
     /// `[D, N]`.
-    pub da: ViewMut<'a, T>,
+    pub da: ViewMut<'a, P>,
     /// `[S, N, L]`.
     pub db: ViewMut<'a, T>,
     /// `[S, N, L]`.
     pub dc: ViewMut<'a, T>,
     /// `[D]`, required when the direction has `d_skip`.
-    pub dd_skip: Option<ViewMut<'a, T>>,
+    pub dd_skip: Option<ViewMut<'a, P>>,
     /// `[D]`, required when the direction has `delta_bias`.
-    pub ddelta_bias: Option<ViewMut<'a, T>>,
+    pub ddelta_bias: Option<ViewMut<'a, P>>,
     /// `[S, D, L]`, required when the direction's gate is used.
     pub dz: Option<ViewMut<'a, T>>,
 }
@@ -109,10 +118,17 @@ pub fn chunk_state_bytes(dims: Dims, dirs: usize) -> usize {
     4 * dirs * dims.s * dims.d * dims.l.div_ceil(CHUNK) * dims.n
 }
 
-/// Workspace of the GPU backward (f32 per-sequence partials of dA, dD, d(delta_bias)):
-/// `dirs·S·D·(N + 2)·4` bytes. The CPU twin needs none.
-pub fn backward_workspace_bytes(dims: Dims, dirs: usize) -> usize {
-    4 * dirs * dims.s * dims.d * (dims.n + 2)
+/// Workspace of the GPU backward with activations of `dtype`: f32 per-sequence partials of dA, dD,
+/// d(delta_bias), `dirs·S·D·(N + 2)·4` bytes; with bf16 activations and more than one channel group
+/// per sequence (`D` > channels per block) also the f32 running sums of dB and dC over the groups,
+/// `dirs·2·S·N·L·4` bytes. The CPU twin needs none.
+pub fn backward_workspace_bytes(dims: Dims, dirs: usize, dtype: DType) -> usize {
+    4 * dirs * dims.s * dims.d * (dims.n + 2) + if needs_acc(dims, dtype) { 4 * dirs * 2 * dims.s * dims.n * dims.l } else { 0 }
+}
+
+/// Whether the backward keeps dB / dC running sums apart from the outputs (bf16, several groups).
+fn needs_acc(dims: Dims, dtype: DType) -> bool {
+    dtype != DType::F32 && dims.d > block_shape(dims.n).1
 }
 
 /// Launch shape shared by both kernels: (threads per channel, channels per block).
@@ -121,7 +137,7 @@ fn block_shape(n: usize) -> (usize, usize) {
     (npad, (128 / npad).clamp(1, 32))
 }
 
-fn dims_of<T: Element>(op: &'static str, x: &ScanDir<'_, T>) -> Result<Dims> {
+fn dims_of<T: Element, P: Element>(op: &'static str, x: &ScanDir<'_, T, P>) -> Result<Dims> {
     let (s, d, l) = match *x.u.shape() {
         [s, d, l] if s >= 1 && d >= 1 && l >= 1 => (s, d, l),
         _ => return Err(Error::Shape { op, arg: "u", expected: "[S, D, L] with S, D, L >= 1".into(), got: x.u.shape().to_vec() }),
@@ -138,7 +154,7 @@ fn check(op: &'static str, arg: &'static str, got: &[usize], want: &[usize]) -> 
 }
 
 /// Validates one direction against `dims` and collects its locations.
-fn validate_dir<'a, T: Element>(op: &'static str, x: &ScanDir<'a, T>, dims: Dims, locs: &mut Vec<(&'static str, Loc<'a>)>) -> Result<()> {
+fn validate_dir<'a, T: Element, P: Element>(op: &'static str, x: &ScanDir<'a, T, P>, dims: Dims, locs: &mut Vec<(&'static str, Loc<'a>)>) -> Result<()> {
     let Dims { s, d, l, n } = dims;
     check(op, "u", x.u.shape(), &[s, d, l])?;
     check(op, "delta", x.delta.shape(), &[s, d, l])?;
@@ -161,7 +177,7 @@ fn validate_dir<'a, T: Element>(op: &'static str, x: &ScanDir<'a, T>, dims: Dims
     Ok(())
 }
 
-fn validate_pair<'a, T: Element>(op: &'static str, fwd: &ScanDir<'a, T>, rev: Option<&ScanDir<'a, T>>, combine: Combine, locs: &mut Vec<(&'static str, Loc<'a>)>) -> Result<Dims> {
+fn validate_pair<'a, T: Element, P: Element>(op: &'static str, fwd: &ScanDir<'a, T, P>, rev: Option<&ScanDir<'a, T, P>>, combine: Combine, locs: &mut Vec<(&'static str, Loc<'a>)>) -> Result<Dims> {
     let dims = dims_of(op, fwd)?;
     validate_dir(op, fwd, dims, locs)?;
     if let Some(r) = rev {
@@ -188,7 +204,7 @@ fn out_shape(dims: Dims, combine: Combine) -> [usize; 3] {
 
 /// The forward scan (see the module docs). `chunk_states`, if given (`[dirs, S, D, ceil(L/32),
 /// N]` f32), receives the state after each 32-step chunk (processing order) for the backward.
-pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>>, combine: Combine, out: ViewMut<'_, T>, chunk_states: Option<ViewMut<'_, f32>>) -> Result<()> {
+pub fn selective_scan<T: Real, P: Real>(fwd: &ScanDir<'_, T, P>, rev: Option<&ScanDir<'_, T, P>>, combine: Combine, out: ViewMut<'_, T>, chunk_states: Option<ViewMut<'_, f32>>) -> Result<()> {
     let mut locs = Vec::new();
     let dims = validate_pair(OP, fwd, rev, combine, &mut locs)?;
     check(OP, "out", out.shape(), &out_shape(dims, combine))?;
@@ -208,7 +224,8 @@ pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>
             }
         }
         Loc::Cuda(gpu) => {
-            require_f32::<T>(OP)?;
+            require_f32_or_bf16::<T>(OP)?;
+            require_f32::<P>(OP)?;
             if dims.d > u32::MAX as usize || dims.l > u32::MAX as usize {
                 return Err(Error::Shape { op: OP, arg: "u", expected: "D, L < 2^32".into(), got: fwd.u.shape().to_vec() });
             }
@@ -221,7 +238,7 @@ pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>
             let smem = 4 * (2 * cpb * CHUNK + 2 * dims.n * CHUNK + cpb * CHUNK * (npad + 1));
             let p = SnugSelectiveScanParams {
                 dir: [ffi_dir(Some(fwd)), ffi_dir(rev)],
-                out: out.device_ptr().unwrap_or(0) as *mut f32,
+                out: out.device_ptr().unwrap_or(0) as *mut c_void,
                 chunk_states: chunk_states.as_ref().and_then(|c| c.device_ptr()).unwrap_or(0) as *mut f32,
                 s: dims.s as u64,
                 d: dims.d as u32,
@@ -236,17 +253,28 @@ pub fn selective_scan<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>
             // (or null for an absent optional input); the kernel reads [S, D, L] / [D, N] /
             // [S, N, L] / [D] within those shapes, writes `out` of out_shape, and indexes exactly
             // the shared memory sized here (smem_floats in the kernel header).
-            unsafe { gpu.launch(OP, "selective_scan", "selective_scan_fwd_f32", cfg, &p) }
+            let kernel = if T::DTYPE == DType::BF16 { "selective_scan_fwd_bf16" } else { "selective_scan_fwd_f32" };
+            unsafe { gpu.launch(OP, "selective_scan", kernel, cfg, &p) }
         }
     }
 }
 
-fn ffi_dir<T: Element>(x: Option<&ScanDir<'_, T>>) -> SnugScanDir {
-    let ptr = |v: &View<'_, T>| v.device_ptr().unwrap_or(0) as *const f32;
-    let opt = |v: &Option<View<'_, T>>| v.as_ref().map(ptr).unwrap_or(std::ptr::null());
+fn ffi_dir<T: Element, P: Element>(x: Option<&ScanDir<'_, T, P>>) -> SnugScanDir {
+    let act = |v: &View<'_, T>| v.device_ptr().unwrap_or(0) as *const c_void;
+    let par = |v: &View<'_, P>| v.device_ptr().unwrap_or(0) as *const f32;
+    let opt_par = |v: &Option<View<'_, P>>| v.as_ref().map(par).unwrap_or(std::ptr::null());
     match x {
         None => SnugScanDir::default(),
-        Some(x) => SnugScanDir { u: ptr(&x.u), delta: ptr(&x.delta), a: ptr(&x.a), b: ptr(&x.b), c: ptr(&x.c), d_skip: opt(&x.d_skip), delta_bias: opt(&x.delta_bias), z: opt(&x.z) },
+        Some(x) => SnugScanDir {
+            u: act(&x.u),
+            delta: act(&x.delta),
+            a: par(&x.a),
+            b: act(&x.b),
+            c: act(&x.c),
+            d_skip: opt_par(&x.d_skip),
+            delta_bias: opt_par(&x.delta_bias),
+            z: x.z.as_ref().map(act).unwrap_or(std::ptr::null()),
+        },
     }
 }
 
@@ -274,10 +302,11 @@ struct Host {
     z: Option<Vec<f64>>,
 }
 
-fn host<T: Real>(op: &'static str, x: &ScanDir<'_, T>) -> Result<Host> {
+fn host<T: Real, P: Real>(op: &'static str, x: &ScanDir<'_, T, P>) -> Result<Host> {
     let f = |v: &View<'_, T>| host_f64(op, "input", v);
-    let o = |v: &Option<View<'_, T>>| v.as_ref().map(f).transpose();
-    Ok(Host { u: f(&x.u)?, delta: f(&x.delta)?, a: f(&x.a)?, b: f(&x.b)?, c: f(&x.c)?, d_skip: o(&x.d_skip)?, delta_bias: o(&x.delta_bias)?, z: o(&x.z)? })
+    let g = |v: &View<'_, P>| host_f64(op, "parameter", v);
+    let o = |v: &Option<View<'_, P>>| v.as_ref().map(g).transpose();
+    Ok(Host { u: f(&x.u)?, delta: f(&x.delta)?, a: g(&x.a)?, b: f(&x.b)?, c: f(&x.c)?, d_skip: o(&x.d_skip)?, delta_bias: o(&x.delta_bias)?, z: x.z.as_ref().map(f).transpose()? })
 }
 
 /// Time indices of direction r in processing order.
@@ -325,7 +354,7 @@ fn silu(x: f64) -> f64 {
     x * sigmoid(x)
 }
 
-fn cpu_forward<T: Real>(fwd: &ScanDir<'_, T>, rev: Option<&ScanDir<'_, T>>, combine: Combine, dims: Dims, states: Option<&mut [f64]>) -> Result<Vec<f64>> {
+fn cpu_forward<T: Real, P: Real>(fwd: &ScanDir<'_, T, P>, rev: Option<&ScanDir<'_, T, P>>, combine: Combine, dims: Dims, states: Option<&mut [f64]>) -> Result<Vec<f64>> {
     let per_dir = dims.s * dims.d * dims.l.div_ceil(CHUNK) * dims.n;
     let (sf, sb) = match states {
         Some(st) => {
@@ -426,7 +455,7 @@ pub enum BackwardSaved<'a> {
     /// CPU twin: nothing saved.
     None,
     /// GPU: `chunk_states` as written by [`selective_scan`] (`[dirs, S, D, ceil(L/32), N]`) and
-    /// a workspace of [`backward_workspace_bytes`] (`[dirs·S·D·(N + 2)]` f32).
+    /// a workspace of at least [`backward_workspace_bytes`] (f32).
     Gpu {
         /// The forward's chunk states.
         chunk_states: View<'a, f32>,
@@ -438,14 +467,14 @@ pub enum BackwardSaved<'a> {
 /// Gradients of every input of both directions from `dout` (the gradient of the forward's
 /// output), written (not accumulated) into `gfwd` / `grev`.
 #[allow(clippy::too_many_arguments)]
-pub fn selective_scan_backward<T: Real>(
-    fwd: &ScanDir<'_, T>,
-    rev: Option<&ScanDir<'_, T>>,
+pub fn selective_scan_backward<T: Real, P: Real>(
+    fwd: &ScanDir<'_, T, P>,
+    rev: Option<&ScanDir<'_, T, P>>,
     combine: Combine,
     dout: View<'_, T>,
     saved: BackwardSaved<'_>,
-    gfwd: ScanDirGrads<'_, T>,
-    grev: Option<ScanDirGrads<'_, T>>,
+    gfwd: ScanDirGrads<'_, T, P>,
+    grev: Option<ScanDirGrads<'_, T, P>>,
 ) -> Result<()> {
     let mut locs = Vec::new();
     let dims = validate_pair(OP_BWD, fwd, rev, combine, &mut locs)?;
@@ -454,7 +483,7 @@ pub fn selective_scan_backward<T: Real>(
     if rev.is_some() != grev.is_some() {
         return Err(Error::Value { op: OP_BWD, arg: "grev", expected: "gradients for the reverse direction exactly when it exists".into(), got: format!("{}", grev.is_some()) });
     }
-    let check_grads = |g: &ScanDirGrads<'_, T>, x: &ScanDir<'_, T>, gated: bool| -> Result<()> {
+    let check_grads = |g: &ScanDirGrads<'_, T, P>, x: &ScanDir<'_, T, P>, gated: bool| -> Result<()> {
         let Dims { s, d, l, n } = dims;
         check(OP_BWD, "du", g.du.shape(), &[s, d, l])?;
         check(OP_BWD, "ddelta", g.ddelta.shape(), &[s, d, l])?;
@@ -485,7 +514,7 @@ pub fn selective_scan_backward<T: Real>(
     }
     if let BackwardSaved::Gpu { chunk_states, workspace } = &saved {
         check(OP_BWD, "chunk_states", chunk_states.shape(), &[dirs, dims.s, dims.d, dims.l.div_ceil(CHUNK), dims.n])?;
-        let want = backward_workspace_bytes(dims, dirs) / 4;
+        let want = backward_workspace_bytes(dims, dirs, T::DTYPE) / 4;
         if workspace.len() < want {
             return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: workspace.len() });
         }
@@ -495,7 +524,8 @@ pub fn selective_scan_backward<T: Real>(
         let BackwardSaved::Gpu { chunk_states, workspace } = saved else {
             return Err(Error::Value { op: OP_BWD, arg: "saved", expected: "BackwardSaved::Gpu on the GPU".into(), got: "None".into() });
         };
-        require_f32::<T>(OP_BWD)?;
+        require_f32_or_bf16::<T>(OP_BWD)?;
+        require_f32::<P>(OP_BWD)?;
         return gpu_backward(gpu, fwd, rev, combine, &dout, &chunk_states, &workspace, dims, [Some(&gfwd), grev.as_ref()]);
     }
     let dout = dout.to_vec()?.iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>();
@@ -538,16 +568,16 @@ pub fn selective_scan_backward<T: Real>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gpu_backward<T: Real>(
+fn gpu_backward<T: Real, P: Real>(
     gpu: &crate::Gpu,
-    fwd: &ScanDir<'_, T>,
-    rev: Option<&ScanDir<'_, T>>,
+    fwd: &ScanDir<'_, T, P>,
+    rev: Option<&ScanDir<'_, T, P>>,
     combine: Combine,
     dout: &View<'_, T>,
     chunk_states: &View<'_, f32>,
     workspace: &ViewMut<'_, f32>,
     dims: Dims,
-    grads: [Option<&ScanDirGrads<'_, T>>; 2],
+    grads: [Option<&ScanDirGrads<'_, T, P>>; 2],
 ) -> Result<()> {
     let Dims { s, d, l, n } = dims;
     if d > u32::MAX as usize || l > u32::MAX as usize || s > i32::MAX as usize {
@@ -560,27 +590,40 @@ fn gpu_backward<T: Real>(
     const SUB: usize = 8;
     let smem = 4 * (4 * cpb * CHUNK + 2 * n * CHUNK + 2 * subs * SUB * n + 3 * halves * cpb * CHUNK);
     let ws = workspace.device_ptr().unwrap_or(0);
-    let part = |r: usize| ws + (4 * r * s * d * (n + 2)) as u64; // [da S·D·N | dd S·D | dbias S·D]
+    // Workspace: per direction [da S·D·N | dd S·D | dbias S·D], then (bf16, several channel
+    // groups) per direction [db_acc S·N·L | dc_acc S·N·L].
+    let dirs = grads.iter().flatten().count();
+    let part = |r: usize| ws + (4 * r * s * d * (n + 2)) as u64;
+    let acc = |r: usize, k: usize| ws + (4 * (dirs * s * d * (n + 2) + (2 * r + k) * s * n * l)) as u64;
+    let separate_acc = needs_acc(dims, T::DTYPE);
     let mut g2 = [SnugScanDirGrads::default(), SnugScanDirGrads::default()];
     for (r, g) in grads.iter().enumerate() {
         let Some(g) = g else { continue };
-        let p = |v: &ViewMut<'_, T>| v.device_ptr().unwrap_or(0) as *mut f32;
+        let p = |v: &ViewMut<'_, T>| v.device_ptr().unwrap_or(0) as *mut c_void;
         let base = part(r);
+        let (db, dc) = (p(&g.db), p(&g.dc));
+        let (db_acc, dc_acc) = match (separate_acc, T::DTYPE) {
+            (true, _) => (acc(r, 0) as *mut f32, acc(r, 1) as *mut f32),
+            (false, DType::F32) => (db as *mut f32, dc as *mut f32), // f32 outputs are their own sums
+            (false, _) => (std::ptr::null_mut(), std::ptr::null_mut()), // one channel group: unused
+        };
         g2[r] = SnugScanDirGrads {
             du: p(&g.du),
             ddelta: p(&g.ddelta),
-            db: p(&g.db),
-            dc: p(&g.dc),
+            db,
+            dc,
             dz: g.dz.as_ref().map(p).unwrap_or(std::ptr::null_mut()),
             da_part: base as *mut f32,
             dd_part: (base + (4 * s * d * n) as u64) as *mut f32,
             dbias_part: (base + (4 * s * d * (n + 1)) as u64) as *mut f32,
+            db_acc,
+            dc_acc,
         };
     }
     let p = SnugSelectiveScanBwdParams {
         dir: [ffi_dir(Some(fwd)), ffi_dir(rev)],
         grad: g2,
-        dout: dout.device_ptr().unwrap_or(0) as *const f32,
+        dout: dout.device_ptr().unwrap_or(0) as *const c_void,
         chunk_states: chunk_states.device_ptr().unwrap_or(0) as *const f32,
         s: s as u64,
         d: d as u32,
@@ -592,10 +635,12 @@ fn gpu_backward<T: Real>(
     };
     let cfg = LaunchConfig { grid_dim: (s as u32, 1, 1), block_dim: ((cpb * npad) as u32, 1, 1), shared_mem_bytes: smem as u32 };
     // SAFETY: inputs, dout, chunk_states and every gradient are device views on this handle with
-    // the shapes checked by the caller; the workspace holds dirs·S·D·(N + 2) floats (checked) and
-    // is carved into the partial arrays above; the kernel indexes exactly the shared memory sized
-    // here (see the backward's header comment in the kernel file).
-    unsafe { gpu.launch(OP_BWD, "selective_scan", "selective_scan_bwd_f32", cfg, &p)? };
+    // the shapes checked by the caller, activations of the kernel's element type; the workspace
+    // holds backward_workspace_bytes (checked) and is carved into the partial arrays above; the
+    // kernel indexes exactly the shared memory sized here (see the backward's header comment in
+    // the kernel file).
+    let kernel = if T::DTYPE == DType::BF16 { "selective_scan_bwd_bf16" } else { "selective_scan_bwd_f32" };
+    unsafe { gpu.launch(OP_BWD, "selective_scan", kernel, cfg, &p)? };
     for (r, g) in grads.iter().enumerate() {
         let Some(g) = g else { continue };
         let q = SnugScanReduceParams {
@@ -633,18 +678,19 @@ fn gate_backward(dout: &[f64], y: &[f64], z: &Option<Vec<f64>>) -> (Vec<f64>, Op
     }
 }
 
-fn write_grads<T: Real>(g: HostGrads, dz: Option<Vec<f64>>, out: ScanDirGrads<'_, T>) -> Result<()> {
+fn write_grads<T: Real, P: Real>(g: HostGrads, dz: Option<Vec<f64>>, out: ScanDirGrads<'_, T, P>) -> Result<()> {
     let put = |dst: ViewMut<'_, T>, src: &[f64]| store_f64(OP_BWD, "gradient", dst, src);
+    let put_p = |dst: ViewMut<'_, P>, src: &[f64]| store_f64(OP_BWD, "gradient", dst, src);
     put(out.du, &g.du)?;
     put(out.ddelta, &g.ddelta)?;
-    put(out.da, &g.da)?;
+    put_p(out.da, &g.da)?;
     put(out.db, &g.db)?;
     put(out.dc, &g.dc)?;
     if let Some(v) = out.dd_skip {
-        put(v, &g.dd)?;
+        put_p(v, &g.dd)?;
     }
     if let Some(v) = out.ddelta_bias {
-        put(v, &g.dbias)?;
+        put_p(v, &g.dbias)?;
     }
     if let (Some(v), Some(dz)) = (out.dz, dz) {
         put(v, &dz)?;
