@@ -318,6 +318,42 @@ impl Default for SnugLaplacianPeParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct SnugGemmSumParams {
+    pub out: *mut f32,
+    pub part: *const f32,
+    pub count: u64,
+    pub batch: u64,
+    pub alpha: f32,
+    pub beta: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugGemmSumParams"][::core::mem::size_of::<SnugGemmSumParams>() - 40usize];
+    ["Alignment of SnugGemmSumParams"][::core::mem::align_of::<SnugGemmSumParams>() - 8usize];
+    ["Offset of field: SnugGemmSumParams::out"]
+        [::core::mem::offset_of!(SnugGemmSumParams, out) - 0usize];
+    ["Offset of field: SnugGemmSumParams::part"]
+        [::core::mem::offset_of!(SnugGemmSumParams, part) - 8usize];
+    ["Offset of field: SnugGemmSumParams::count"]
+        [::core::mem::offset_of!(SnugGemmSumParams, count) - 16usize];
+    ["Offset of field: SnugGemmSumParams::batch"]
+        [::core::mem::offset_of!(SnugGemmSumParams, batch) - 24usize];
+    ["Offset of field: SnugGemmSumParams::alpha"]
+        [::core::mem::offset_of!(SnugGemmSumParams, alpha) - 32usize];
+    ["Offset of field: SnugGemmSumParams::beta"]
+        [::core::mem::offset_of!(SnugGemmSumParams, beta) - 36usize];
+};
+impl Default for SnugGemmSumParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct SnugScanDir {
     pub u: *const ::core::ffi::c_void,
     pub delta: *const ::core::ffi::c_void,

@@ -31,3 +31,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugScanReduceParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugCausalConv1dParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugConvReduceParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugGemmSumParams {}

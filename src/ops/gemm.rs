@@ -1,0 +1,299 @@
+//! Batched matrix products through cuBLAS, and their deterministic sum over the batch
+//! (`kernels/gemm.cu`).
+//!
+//! Row-major semantics: `C[b] (M×N) = α·op(A[b])·op(B[b]) + β·C[b]` with `op(X) = X` or `Xᵀ`.
+//! Each operand is a matrix `[rows, cols]`, broadcast over the batch, or a batch `[batch, rows,
+//! cols]`; `c` decides the batch. Storage `T` is f32 or bf16 on the GPU, with f32 compute
+//! (`CUBLAS_COMPUTE_32F`, default math mode: no TF32), and `C` is `T` or f32; the CPU twin computes
+//! in f64 for any [`Real`] and rounds once. With `β = 0`, `C` is not read (NaN in it is fine).
+//!
+//! [`gemm_sum_batches`] computes `C (M×N) = α·Σ_b op(A[b])·op(B[b]) + β·C` — a weight gradient
+//! summed over sequences — as per-batch products in an f32 workspace
+//! ([`sum_batches_workspace_bytes`]) plus a fixed-order sum (no split-K atomics), so it is bitwise
+//! reproducible.
+//!
+//! Workspace of cuBLAS itself: optional. With a [`CUBLAS_WORKSPACE_BYTES`] buffer from the plan it
+//! is handed to cuBLAS (`cublasSetWorkspace`) for the call; without one cuBLAS runs without a
+//! workspace. Either way cuBLAS allocates nothing during a step; the handle is created (and its
+//! small fixed state allocated) on the first call, so call [`crate::Gpu::cublas`] before measuring.
+
+use std::ffi::{c_int, c_longlong, c_void};
+
+use cudarc::cublas::sys as cb;
+use cudarc::driver::LaunchConfig;
+
+use super::{common_loc, require_f32, require_f32_or_bf16, Real};
+use crate::ffi::SnugGemmSumParams;
+use crate::memory::{Loc, View, ViewMut};
+use crate::{DType, Element, Error, Result};
+
+const OP: &str = "gemm";
+const OP_SUM: &str = "gemm_sum_batches";
+
+/// Bytes of the cuBLAS workspace worth planning (NVIDIA's recommendation for Hopper; ample on
+/// older GPUs).
+pub const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Transposes and scalars of a product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmSpec {
+    /// Use `Aᵀ`.
+    pub trans_a: bool,
+    /// Use `Bᵀ`.
+    pub trans_b: bool,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the previous `C` (0: overwrite without reading).
+    pub beta: f32,
+}
+
+impl GemmSpec {
+    /// `C = op(A)·op(B)` (α = 1, β = 0).
+    pub const fn new(trans_a: bool, trans_b: bool) -> GemmSpec {
+        GemmSpec { trans_a, trans_b, alpha: 1.0, beta: 0.0 }
+    }
+
+    /// The same product accumulated into `C` (β = 1).
+    pub const fn accumulate(self) -> GemmSpec {
+        GemmSpec { beta: 1.0, ..self }
+    }
+}
+
+/// One operand: (batch or None when broadcast, rows, cols).
+fn mat_dims(op: &'static str, arg: &'static str, shape: &[usize]) -> Result<(Option<usize>, usize, usize)> {
+    match *shape {
+        [r, c] if r >= 1 && c >= 1 => Ok((None, r, c)),
+        [b, r, c] if b >= 1 && r >= 1 && c >= 1 => Ok((Some(b), r, c)),
+        _ => Err(Error::Shape { op, arg, expected: "[rows, cols] or [batch, rows, cols], all >= 1".into(), got: shape.to_vec() }),
+    }
+}
+
+/// Validated problem: batch, M, N, K and each operand's (batched?, rows, cols).
+#[derive(Clone, Copy, Debug)]
+struct Problem {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: (bool, usize, usize),
+    b: (bool, usize, usize),
+}
+
+fn problem(op: &'static str, a: &[usize], b: &[usize], c_batch: Option<usize>, c_rows: usize, c_cols: usize, spec: GemmSpec) -> Result<Problem> {
+    let (ab, ar, ac) = mat_dims(op, "a", a)?;
+    let (bb, br, bc) = mat_dims(op, "b", b)?;
+    let (m, k) = if spec.trans_a { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if spec.trans_b { (bc, br) } else { (br, bc) };
+    if k2 != k {
+        return Err(Error::Shape { op, arg: "b", expected: format!("op(b) with {k} rows (the columns of op(a))"), got: b.to_vec() });
+    }
+    if (c_rows, c_cols) != (m, n) {
+        return Err(Error::Shape { op, arg: "c", expected: format!("[{m}, {n}] matrices (op(a)·op(b))"), got: vec![c_rows, c_cols] });
+    }
+    let batch = c_batch.unwrap_or(1);
+    for (arg, x, shape) in [("a", ab, a), ("b", bb, b)] {
+        if let Some(xb) = x {
+            if xb != batch {
+                return Err(Error::Shape { op, arg, expected: format!("a batch of {batch} (from c), or a single matrix"), got: shape.to_vec() });
+            }
+        }
+    }
+    Ok(Problem { batch, m, n, k, a: (ab.is_some(), ar, ac), b: (bb.is_some(), br, bc) })
+}
+
+/// `c = α·op(a)·op(b) + β·c`, batched (see the module docs).
+pub fn gemm<T: Real, C: Real>(a: View<'_, T>, b: View<'_, T>, c: ViewMut<'_, C>, spec: GemmSpec, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
+    let (cb_, cr, cc) = mat_dims(OP, "c", c.shape())?;
+    let p = problem(OP, a.shape(), b.shape(), cb_, cr, cc, spec)?;
+    let mut locs = vec![("a", a.loc()), ("b", b.loc()), ("c", c.loc())];
+    locs.extend(cublas_workspace.as_ref().map(|w| ("cublas_workspace", w.loc())));
+    match common_loc(OP, &locs)? {
+        Loc::Host => cpu_gemm(OP, &a, &b, c, p, spec),
+        Loc::Cuda(gpu) => {
+            check_gpu_types::<T, C>(OP)?;
+            let ws = cublas_workspace.as_ref().map(|w| (w.device_ptr().unwrap_or(0), w.len()));
+            let ptr = |v: u64| v as *const c_void;
+            // SAFETY: a, b, c are device views on this handle whose shapes were validated against
+            // the problem (each batched operand holds batch·rows·cols elements); the workspace,
+            // if any, is a device view of its stated length, used by cuBLAS only during the call.
+            unsafe { cublas_gemm(gpu, OP, p, spec, ptr(a.device_ptr().unwrap_or(0)), ptr(b.device_ptr().unwrap_or(0)), c.device_ptr().unwrap_or(0) as *mut c_void, T::DTYPE, C::DTYPE, ws) }
+        }
+    }
+}
+
+/// f32 workspace of [`gemm_sum_batches`]: the per-batch products, `batch·M·N·4` bytes.
+pub fn sum_batches_workspace_bytes(batch: usize, m: usize, n: usize) -> usize {
+    4 * batch * m * n
+}
+
+/// `c (M×N) = α·Σ_b op(a[b])·op(b[b]) + β·c`, summed over the batch in order (deterministic).
+/// `a` and/or `b` carry the batch; on the GPU `workspace` holds at least
+/// [`sum_batches_workspace_bytes`] (the CPU twin needs none and takes `None`).
+pub fn gemm_sum_batches<T: Real>(a: View<'_, T>, b: View<'_, T>, c: ViewMut<'_, f32>, spec: GemmSpec, workspace: Option<ViewMut<'_, f32>>, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
+    let batch = match (a.shape(), b.shape()) {
+        ([x, _, _], _) | (_, [x, _, _]) => *x,
+        _ => return Err(Error::Shape { op: OP_SUM, arg: "a", expected: "a or b batched: [batch, rows, cols]".into(), got: a.shape().to_vec() }),
+    };
+    let (cb_, cr, cc) = mat_dims(OP_SUM, "c", c.shape())?;
+    if cb_.is_some() {
+        return Err(Error::Shape { op: OP_SUM, arg: "c", expected: "one matrix [M, N] (the sum over the batch)".into(), got: c.shape().to_vec() });
+    }
+    let p = problem(OP_SUM, a.shape(), b.shape(), Some(batch), cr, cc, spec)?;
+    let mut locs = vec![("a", a.loc()), ("b", b.loc()), ("c", c.loc())];
+    locs.extend(workspace.as_ref().map(|w| ("workspace", w.loc())));
+    locs.extend(cublas_workspace.as_ref().map(|w| ("cublas_workspace", w.loc())));
+    match common_loc(OP_SUM, &locs)? {
+        Loc::Host => {
+            let mut part = vec![0.0f64; p.batch * p.m * p.n];
+            cpu_products(OP_SUM, &a, &b, &mut part, p, spec.trans_a, spec.trans_b)?;
+            let prev = if spec.beta != 0.0 { c.as_view().to_vec()? } else { vec![0.0; p.m * p.n] };
+            let out = c.into_slice_mut().ok_or(Error::DeviceMismatch { op: OP_SUM, arg: "c", expected: "cpu".into(), got: "cuda".into() })?;
+            for (i, o) in out.iter_mut().enumerate() {
+                let s: f64 = (0..p.batch).map(|b| part[b * p.m * p.n + i]).sum();
+                let prev = if spec.beta != 0.0 { spec.beta as f64 * prev[i] as f64 } else { 0.0 };
+                *o = (spec.alpha as f64 * s + prev) as f32;
+            }
+            Ok(())
+        }
+        Loc::Cuda(gpu) => {
+            require_f32_or_bf16::<T>(OP_SUM)?;
+            let want = sum_batches_workspace_bytes(p.batch, p.m, p.n) / 4;
+            let ws = workspace.ok_or_else(|| Error::Value { op: OP_SUM, arg: "workspace", expected: format!("{want} f32 on the GPU (sum_batches_workspace_bytes)"), got: "None".into() })?;
+            if ws.len() < want {
+                return Err(Error::Length { op: OP_SUM, arg: "workspace", expected: format!("at least {want} f32 (sum_batches_workspace_bytes)"), got: ws.len() });
+            }
+            let cws = cublas_workspace.as_ref().map(|w| (w.device_ptr().unwrap_or(0), w.len()));
+            let part = ws.device_ptr().unwrap_or(0);
+            let ptr = |v: u64| v as *const c_void;
+            // SAFETY: as in `gemm`; the products go to the f32 workspace, checked to hold
+            // batch·M·N floats, as a batch of M×N matrices (β = 0: never read before written).
+            unsafe { cublas_gemm(gpu, OP_SUM, p, GemmSpec { alpha: 1.0, beta: 0.0, ..spec }, ptr(a.device_ptr().unwrap_or(0)), ptr(b.device_ptr().unwrap_or(0)), part as *mut c_void, T::DTYPE, DType::F32, cws)? };
+            let count = (p.m * p.n) as u64;
+            let q = SnugGemmSumParams { out: c.device_ptr().unwrap_or(0) as *mut f32, part: part as *const f32, count, batch: p.batch as u64, alpha: spec.alpha, beta: spec.beta };
+            let blocks = count.div_ceil(256);
+            if blocks > i32::MAX as u64 {
+                return Err(Error::Shape { op: OP_SUM, arg: "c", expected: "fewer than 2^39 elements".into(), got: c.shape().to_vec() });
+            }
+            let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: out is the device view c (count elements); part was written by the GEMM
+            // above, earlier on the same stream, and holds batch·count floats.
+            unsafe { gpu.launch(OP_SUM, "gemm", "gemm_sum_batches_f32", cfg, &q) }
+        }
+    }
+}
+
+fn check_gpu_types<T: Element, C: Element>(op: &'static str) -> Result<()> {
+    require_f32_or_bf16::<T>(op)?;
+    if C::DTYPE != T::DTYPE {
+        require_f32::<C>(op).map_err(|_| Error::Unsupported { op, what: format!("{} output from {} operands on the GPU (the operands' type or f32)", C::DTYPE, T::DTYPE) })?;
+    }
+    Ok(())
+}
+
+fn cuda_type(d: DType) -> cb::cudaDataType {
+    match d {
+        DType::BF16 => cb::cudaDataType::CUDA_R_16BF,
+        _ => cb::cudaDataType::CUDA_R_32F,
+    }
+}
+
+fn blas_err(op: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Cublas { context: op.to_string(), message: e.to_string() }
+}
+
+/// Row-major `C = op(A)·op(B)` is column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`: cuBLAS gets B first.
+///
+/// # Safety
+/// The pointers are device memory on `gpu`'s context holding the problem's operands (batched ones
+/// `batch·rows·cols` elements of their type), `ws` a device buffer of that many bytes or none.
+#[allow(clippy::too_many_arguments)]
+unsafe fn cublas_gemm(gpu: &crate::Gpu, op: &'static str, p: Problem, spec: GemmSpec, a: *const c_void, b: *const c_void, c: *mut c_void, t: DType, tc: DType, ws: Option<(u64, usize)>) -> Result<()> {
+    let int = |v: usize, what: &str| -> Result<c_int> {
+        c_int::try_from(v).map_err(|_| Error::Shape { op, arg: "a", expected: format!("{what} < 2^31 (cuBLAS)"), got: vec![v] })
+    };
+    let (m, n, k) = (int(p.m, "M")?, int(p.n, "N")?, int(p.k, "K")?);
+    let (lda, ldb) = (int(p.a.2, "a's columns")?, int(p.b.2, "b's columns")?);
+    let stride = |batched: bool, r: usize, cc: usize| if batched { (r * cc) as c_longlong } else { 0 };
+    let (sa, sb, sc) = (stride(p.a.0, p.a.1, p.a.2), stride(p.b.0, p.b.1, p.b.2), (p.m * p.n) as c_longlong);
+    let blas = gpu.cublas()?;
+    let h = *blas.handle();
+    let (wp, wl) = ws.unwrap_or((0, 0));
+    // SAFETY: the handle is this Gpu's (bound to its stream); the workspace is a device buffer of
+    // wl bytes (or none) that stays valid for the calls below, which run on the same stream.
+    let st = unsafe { cb::cublasSetWorkspace_v2(h, wp as *mut c_void, wl) };
+    if st != cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Err(blas_err(op, format!("cublasSetWorkspace: {st:?}")));
+    }
+    let tr = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
+    let esize = |d: DType| d.size() as u64;
+    // cuBLAS batches are launched in groups of at most 65,535 (grid limit of some kernels).
+    const MAX_BATCH: usize = 65_535;
+    let mut b0 = 0usize;
+    while b0 < p.batch {
+        let nb = (p.batch - b0).min(MAX_BATCH);
+        let off = |base: *const c_void, s: c_longlong, d: DType| (base as u64 + b0 as u64 * s as u64 * esize(d)) as *const c_void;
+        // SAFETY: see the function's contract; offsets stay inside the batched operands.
+        unsafe {
+            cudarc::cublas::result::gemm_strided_batched_ex(
+                h,
+                tr(spec.trans_b),
+                tr(spec.trans_a),
+                n,
+                m,
+                k,
+                (&spec.alpha) as *const f32 as *const c_void,
+                off(b, sb, t),
+                cuda_type(t),
+                ldb,
+                sb,
+                off(a, sa, t),
+                cuda_type(t),
+                lda,
+                sa,
+                (&spec.beta) as *const f32 as *const c_void,
+                off(c, sc, tc) as *mut c_void,
+                cuda_type(tc),
+                n,
+                sc,
+                nb as c_int,
+                cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| blas_err(op, e))?;
+        b0 += nb;
+    }
+    Ok(())
+}
+
+/// f64 products of every batch into `out` (`[batch, M, N]`).
+fn cpu_products<T: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>, out: &mut [f64], p: Problem, ta: bool, tb: bool) -> Result<()> {
+    let av = super::host_f64(op, "a", a)?;
+    let bv = super::host_f64(op, "b", b)?;
+    let at = |bt: usize, i: usize, kk: usize| {
+        let base = if p.a.0 { bt * p.a.1 * p.a.2 } else { 0 };
+        av[base + if ta { kk * p.a.2 + i } else { i * p.a.2 + kk }]
+    };
+    let bt_ = |bt: usize, kk: usize, j: usize| {
+        let base = if p.b.0 { bt * p.b.1 * p.b.2 } else { 0 };
+        bv[base + if tb { j * p.b.2 + kk } else { kk * p.b.2 + j }]
+    };
+    use rayon::prelude::*;
+    out.par_chunks_mut(p.n).enumerate().for_each(|(row, o)| {
+        let (bt, i) = (row / p.m, row % p.m);
+        for (j, x) in o.iter_mut().enumerate() {
+            *x = (0..p.k).map(|kk| at(bt, i, kk) * bt_(bt, kk, j)).sum();
+        }
+    });
+    Ok(())
+}
+
+fn cpu_gemm<T: Real, C: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>, c: ViewMut<'_, C>, p: Problem, spec: GemmSpec) -> Result<()> {
+    let mut prod = vec![0.0f64; p.batch * p.m * p.n];
+    cpu_products(op, a, b, &mut prod, p, spec.trans_a, spec.trans_b)?;
+    let prev = if spec.beta != 0.0 { super::host_f64(op, "c", &c.as_view())? } else { Vec::new() };
+    for (i, x) in prod.iter_mut().enumerate() {
+        *x = spec.alpha as f64 * *x + if spec.beta != 0.0 { spec.beta as f64 * prev[i] } else { 0.0 };
+    }
+    super::store_f64(op, "c", c, &prod)
+}

@@ -1,0 +1,208 @@
+//! Batched GEMM (cuBLAS) and its deterministic sum over the batch: the CPU twin against hand
+//! computations and identities (transposes, broadcast, α/β); the GPU against the twin in f32 and
+//! bf16 at the BiMamba projection shapes' structure (ragged sizes); bad input.
+
+use snug::ops::gemm::{gemm, gemm_sum_batches, sum_batches_workspace_bytes, GemmSpec, CUBLAS_WORKSPACE_BYTES};
+use snug::testing::{gpu_or_skip, poison, randn, rng};
+use snug::{Arena, Error, Plan, Role, View, ViewMut};
+
+fn f64v(v: Vec<f32>) -> Vec<f64> {
+    v.into_iter().map(|x| x as f64).collect()
+}
+
+/// Reference: row-major batched product with explicit transposes.
+fn naive(a: &[f64], ash: (usize, usize, usize), b: &[f64], bsh: (usize, usize, usize), batch: usize, spec: GemmSpec) -> Vec<f64> {
+    let get = |x: &[f64], (xb, r, c): (usize, usize, usize), bt: usize, i: usize, j: usize, t: bool| {
+        let base = if xb > 1 { bt * r * c } else { 0 };
+        if t {
+            x[base + j * c + i]
+        } else {
+            x[base + i * c + j]
+        }
+    };
+    let (m, k) = if spec.trans_a { (ash.2, ash.1) } else { (ash.1, ash.2) };
+    let n = if spec.trans_b { bsh.1 } else { bsh.2 };
+    let mut out = vec![0.0; batch * m * n];
+    for bt in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                out[(bt * m + i) * n + j] = spec.alpha as f64 * (0..k).map(|kk| get(a, ash, bt, i, kk, spec.trans_a) * get(b, bsh, bt, kk, j, spec.trans_b)).sum::<f64>();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn twin_matches_a_hand_computation() {
+    // [[1, 2], [3, 4]] · [[5, 6], [7, 8]] = [[19, 22], [43, 50]]; Aᵀ·B = [[26, 30], [38, 44]].
+    let a = [1.0, 2.0, 3.0, 4.0];
+    let b = [5.0, 6.0, 7.0, 8.0];
+    let mut c = [0.0f64; 4];
+    gemm(View::host(&a, &[2, 2]).unwrap(), View::host(&b, &[2, 2]).unwrap(), ViewMut::host(&mut c, &[2, 2]).unwrap(), GemmSpec::new(false, false), None).unwrap();
+    assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
+    gemm(View::host(&a, &[2, 2]).unwrap(), View::host(&b, &[2, 2]).unwrap(), ViewMut::host(&mut c, &[2, 2]).unwrap(), GemmSpec::new(true, false), None).unwrap();
+    assert_eq!(c, [26.0, 30.0, 38.0, 44.0]);
+    // β = 1 accumulates, α scales.
+    gemm(View::host(&a, &[2, 2]).unwrap(), View::host(&b, &[2, 2]).unwrap(), ViewMut::host(&mut c, &[2, 2]).unwrap(), GemmSpec { alpha: 2.0, ..GemmSpec::new(true, false).accumulate() }, None).unwrap();
+    assert_eq!(c, [78.0, 90.0, 114.0, 132.0]);
+}
+
+#[test]
+fn twin_matches_naive_for_every_transpose_and_broadcast() {
+    let mut r = rng(1);
+    let (batch, m, n, k) = (3usize, 5usize, 4usize, 7usize);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        for (a_batched, b_batched) in [(true, true), (false, true), (true, false)] {
+            let ash = if ta { (k, m) } else { (m, k) };
+            let bsh = if tb { (n, k) } else { (k, n) };
+            let ab = if a_batched { batch } else { 1 };
+            let bb = if b_batched { batch } else { 1 };
+            let a = f64v(randn(&mut r, ab * ash.0 * ash.1, 1.0));
+            let b = f64v(randn(&mut r, bb * bsh.0 * bsh.1, 1.0));
+            let spec = GemmSpec { alpha: 0.5, ..GemmSpec::new(ta, tb) };
+            let want = naive(&a, (ab, ash.0, ash.1), &b, (bb, bsh.0, bsh.1), batch, spec);
+            let shape = |x: usize, (r, c): (usize, usize), batched: bool| if batched { vec![x, r, c] } else { vec![r, c] };
+            let mut c = vec![f64::NAN; batch * m * n];
+            gemm(View::host(&a, &shape(batch, ash, a_batched)).unwrap(), View::host(&b, &shape(batch, bsh, b_batched)).unwrap(), ViewMut::host(&mut c, &[batch, m, n]).unwrap(), spec, None).unwrap();
+            for (g, w) in c.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-12, "ta={ta} tb={tb} a_batched={a_batched}: {g} vs {w}");
+            }
+            // The sum over the batch is the sum of the batched products.
+            let mut s = vec![1.0f32; m * n];
+            let spec_acc = GemmSpec { beta: 2.0, ..spec };
+            gemm_sum_batches(View::host(&a, &shape(batch, ash, a_batched)).unwrap(), View::host(&b, &shape(batch, bsh, b_batched)).unwrap(), ViewMut::host(&mut s, &[m, n]).unwrap(), spec_acc, None, None).unwrap();
+            for i in 0..m * n {
+                let w: f64 = (0..batch).map(|bt| want[bt * m * n + i]).sum::<f64>() + 2.0;
+                assert!((s[i] as f64 - w).abs() <= 1e-5 * w.abs().max(1.0), "sum [{i}]: {} vs {w}", s[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let a = vec![0.0f64; 12];
+    let b = vec![0.0f64; 12];
+    let mut c = vec![0.0f64; 16];
+    // K mismatch: [3, 4]·[3, 4].
+    let e = gemm(View::host(&a, &[3, 4]).unwrap(), View::host(&b, &[3, 4]).unwrap(), ViewMut::host(&mut c[..12], &[3, 4]).unwrap(), GemmSpec::new(false, false), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "b", .. })), "{e:?}");
+    // Wrong output shape: [3, 4]·[4, 3] is [3, 3].
+    let e = gemm(View::host(&a, &[3, 4]).unwrap(), View::host(&b, &[4, 3]).unwrap(), ViewMut::host(&mut c[..12], &[4, 3]).unwrap(), GemmSpec::new(false, false), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "c", .. })), "{e:?}");
+    // Batch mismatch between a and c.
+    let e = gemm(View::host(&a, &[3, 2, 2]).unwrap(), View::host(&b[..4], &[2, 2]).unwrap(), ViewMut::host(&mut c[..8], &[2, 2, 2]).unwrap(), GemmSpec::new(false, false), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "a", .. })), "{e:?}");
+    // Zero-size and 1-D operands.
+    let e = gemm(View::host(&a[..0], &[0, 4]).unwrap(), View::host(&b, &[4, 3]).unwrap(), ViewMut::host(&mut c[..0], &[0, 3]).unwrap(), GemmSpec::new(false, false), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "c", .. } | Error::Shape { arg: "a", .. })), "{e:?}");
+    let e = gemm(View::host(&a, &[12]).unwrap(), View::host(&b, &[4, 3]).unwrap(), ViewMut::host(&mut c[..12], &[4, 3]).unwrap(), GemmSpec::new(false, false), None);
+    assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+    // The sum needs a batch and one output matrix.
+    let mut s = vec![0.0f32; 9];
+    let e = gemm_sum_batches(View::host(&a, &[3, 4]).unwrap(), View::host(&b, &[4, 3]).unwrap(), ViewMut::host(&mut s, &[3, 3]).unwrap(), GemmSpec::new(false, false), None, None);
+    assert!(matches!(e, Err(Error::Shape { arg: "a", .. })), "{e:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPU
+
+fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, round: fn(f32) -> T, tol: f64, seed: u64) {
+    let mut r = rng(seed);
+    // Ragged sizes (not multiples of any tile), both broadcast sides, every transpose.
+    for (batch, m, n, k) in [(3usize, 33usize, 17usize, 65usize), (1, 128, 960, 64), (5, 8, 100, 32)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (a_batched, b_batched) in [(false, true), (true, true), (true, false)] {
+                let ash = if ta { (k, m) } else { (m, k) };
+                let bsh = if tb { (n, k) } else { (k, n) };
+                let ab = if a_batched { batch } else { 1 };
+                let bb = if b_batched { batch } else { 1 };
+                let a: Vec<T> = randn(&mut r, ab * ash.0 * ash.1, 1.0).into_iter().map(round).collect();
+                let b: Vec<T> = randn(&mut r, bb * bsh.0 * bsh.1, 1.0).into_iter().map(round).collect();
+                let w64 = |v: &[T]| v.iter().map(|x| x.to_f64().unwrap()).collect::<Vec<_>>();
+                let spec = GemmSpec::new(ta, tb);
+                let want = naive(&w64(&a), (ab, ash.0, ash.1), &w64(&b), (bb, bsh.0, bsh.1), batch, spec);
+                let shape = |x: usize, (r, c): (usize, usize), batched: bool| if batched { vec![x, r, c] } else { vec![r, c] };
+                let mut plan = Plan::new();
+                let ba = plan.add::<T>("a", &shape(batch, ash, a_batched), Role::Activation).unwrap();
+                let bbuf = plan.add::<T>("b", &shape(batch, bsh, b_batched), Role::Activation).unwrap();
+                let bc = plan.add::<T>("c", &[batch, m, n], Role::Activation).unwrap();
+                let bc32 = plan.add::<f32>("c32", &[batch, m, n], Role::Activation).unwrap();
+                let bsum = plan.add::<f32>("sum", &[m, n], Role::Grad).unwrap();
+                let ws = plan.add::<f32>("ws", &[sum_batches_workspace_bytes(batch, m, n) / 4], Role::Workspace).unwrap();
+                let cws = plan.add::<u8>("cublas", &[CUBLAS_WORKSPACE_BYTES], Role::Workspace).unwrap();
+                let mut arena = Arena::new(dev, &plan).unwrap();
+                arena.upload(ba, &a).unwrap();
+                arena.upload(bbuf, &b).unwrap();
+                for x in [bc32, bsum, ws] {
+                    poison(&mut arena, x).unwrap();
+                }
+                poison(&mut arena, bc).unwrap();
+                let sum_ok = a_batched || b_batched;
+                {
+                    let v = arena.borrow();
+                    gemm(v.read(ba).unwrap(), v.read(bbuf).unwrap(), v.write(bc).unwrap(), spec, Some(v.write(cws).unwrap())).unwrap();
+                    gemm(v.read(ba).unwrap(), v.read(bbuf).unwrap(), v.write(bc32).unwrap(), spec, None).unwrap();
+                    if sum_ok && batch > 1 {
+                        gemm_sum_batches(v.read(ba).unwrap(), v.read(bbuf).unwrap(), v.write(bsum).unwrap(), spec, Some(v.write(ws).unwrap()), Some(v.write(cws).unwrap())).unwrap();
+                    }
+                }
+                let what = format!("{} batch={batch} M={m} N={n} K={k} ta={ta} tb={tb} a_batched={a_batched} b_batched={b_batched}", T::DTYPE);
+                // Per-element error relative to the row's scale sqrt(K) (inputs ~ N(0, 1)).
+                let scale = (k as f64).sqrt();
+                let got: Vec<f64> = arena.download(bc).unwrap().iter().map(|x| x.to_f64().unwrap()).collect();
+                let got32 = arena.download(bc32).unwrap();
+                for i in 0..want.len() {
+                    assert!((got[i] - want[i]).abs() <= tol * scale, "{what}: c[{i}] {} vs {}", got[i], want[i]);
+                    assert!((got32[i] as f64 - want[i]).abs() <= 1e-5 * scale, "{what}: f32 c[{i}] {} vs {}", got32[i], want[i]);
+                }
+                if sum_ok && batch > 1 {
+                    let s = arena.download(bsum).unwrap();
+                    for i in 0..m * n {
+                        let w: f64 = (0..batch).map(|bt| want[bt * m * n + i]).sum();
+                        assert!((s[i] as f64 - w).abs() <= 1e-5 * scale * batch as f64, "{what}: sum[{i}] {} vs {w}", s[i]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_f32_matches_twin() {
+    let Some(dev) = gpu_or_skip("gpu_f32_matches_twin") else { return };
+    gpu_case::<f32>(&dev, |x| x, 1e-5, 10);
+}
+
+#[test]
+fn gpu_bf16_matches_twin() {
+    let Some(dev) = gpu_or_skip("gpu_bf16_matches_twin") else { return };
+    // bf16 output: one rounding of an f32-accumulated value (2^-8 relative to the element).
+    gpu_case::<half::bf16>(&dev, half::bf16::from_f32, 1e-2, 11);
+}
+
+#[test]
+fn gpu_sum_batches_is_deterministic() {
+    let Some(dev) = gpu_or_skip("gpu_sum_batches_is_deterministic") else { return };
+    let (batch, m, n, k) = (1368usize, 64usize, 16usize, 960usize); // edge in_proj's dW
+    let mut r = rng(12);
+    let mut plan = Plan::new();
+    let a = plan.add::<f32>("a", &[batch, k, m], Role::Activation).unwrap();
+    let b = plan.add::<f32>("b", &[batch, k, n], Role::Activation).unwrap();
+    let c = plan.add::<f32>("c", &[m, n], Role::Grad).unwrap();
+    let ws = plan.add::<f32>("ws", &[sum_batches_workspace_bytes(batch, m, n) / 4], Role::Workspace).unwrap();
+    let mut arena = Arena::new(&dev, &plan).unwrap();
+    arena.upload(a, &randn(&mut r, batch * k * m, 1.0)).unwrap();
+    arena.upload(b, &randn(&mut r, batch * k * n, 1.0)).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        poison(&mut arena, c).unwrap();
+        {
+            let v = arena.borrow();
+            gemm_sum_batches(v.read(a).unwrap(), v.read(b).unwrap(), v.write(c).unwrap(), GemmSpec::new(true, false), Some(v.write(ws).unwrap()), None).unwrap();
+        }
+        runs.push(arena.download(c).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+    assert!(runs.windows(2).all(|w| w[0] == w[1]), "gemm_sum_batches differs between runs");
+}
