@@ -2,7 +2,7 @@
 //! computations and identities (transposes, broadcast, α/β); the GPU against the twin in f32 and
 //! bf16 at the BiMamba projection shapes' structure (ragged sizes); bad input.
 
-use snug::ops::gemm::{gemm, gemm_sum_batches, sum_batches_workspace_bytes, GemmSpec, CUBLAS_WORKSPACE_BYTES};
+use snug::ops::gemm::{gemm, gemm_sum_batches, sum_batches_workspace_bytes, GemmSpec, Mat, MatMut, CUBLAS_WORKSPACE_BYTES};
 use snug::testing::{gpu_or_skip, poison, randn, rng};
 use snug::{Arena, Error, Plan, Role, View, ViewMut};
 
@@ -80,11 +80,44 @@ fn twin_matches_naive_for_every_transpose_and_broadcast() {
     }
 }
 
+/// Group g of [batch, groups, rows, cols] as a contiguous [batch, rows, cols] copy.
+fn take_group(x: &[f64], (b, g, r, c): (usize, usize, usize, usize), k: usize) -> Vec<f64> {
+    (0..b).flat_map(|bt| x[(bt * g + k) * r * c..][..r * c].to_vec()).collect()
+}
+
+#[test]
+fn grouped_operands_read_and_write_one_group() {
+    // y: [S, 2, D, L] (a bidirectional scan's concat output); out_r[s] = y[s, r]ᵀ · Wᵀ, and the
+    // backward's dy[s, r] = Wᵀ · dout[s]ᵀ written into group r only.
+    let (s, d, l, m) = (3usize, 4usize, 5usize, 2usize);
+    let mut r = rng(4);
+    let y = f64v(randn(&mut r, s * 2 * d * l, 1.0));
+    let w = f64v(randn(&mut r, m * d, 1.0));
+    for g in 0..2 {
+        let yg = take_group(&y, (s, 2, d, l), g);
+        let (mut got, mut want) = (vec![0.0; s * l * m], vec![0.0; s * l * m]);
+        gemm(Mat::group(View::host(&y, &[s, 2, d, l]).unwrap(), g), View::host(&w, &[m, d]).unwrap(), ViewMut::host(&mut got, &[s, l, m]).unwrap(), GemmSpec::new(true, true), None).unwrap();
+        gemm(View::host(&yg, &[s, d, l]).unwrap(), View::host(&w, &[m, d]).unwrap(), ViewMut::host(&mut want, &[s, l, m]).unwrap(), GemmSpec::new(true, true), None).unwrap();
+        assert_eq!(got, want);
+        let mut dy = vec![7.0; s * 2 * d * l];
+        let dout = got.clone();
+        gemm(View::host(&w, &[m, d]).unwrap(), View::host(&dout, &[s, l, m]).unwrap(), MatMut::group(ViewMut::host(&mut dy, &[s, 2, d, l]).unwrap(), g), GemmSpec::new(true, true), None).unwrap();
+        let mut want_dy = vec![0.0; s * d * l];
+        gemm(View::host(&w, &[m, d]).unwrap(), View::host(&dout, &[s, l, m]).unwrap(), ViewMut::host(&mut want_dy, &[s, d, l]).unwrap(), GemmSpec::new(true, true), None).unwrap();
+        assert_eq!(take_group(&dy, (s, 2, d, l), g), want_dy);
+        assert!(take_group(&dy, (s, 2, d, l), 1 - g).iter().all(|&x| x == 7.0), "the other group was touched");
+    }
+    // A group index out of range is a typed error.
+    let mut out = vec![0.0; s * l * m];
+    let e = gemm(Mat::group(View::host(&y, &[s, 2, d, l]).unwrap(), 2), View::host(&w, &[m, d]).unwrap(), ViewMut::host(&mut out, &[s, l, m]).unwrap(), GemmSpec::new(true, true), None);
+    assert!(matches!(e, Err(Error::Shape { arg: "a", .. })), "{e:?}");
+}
+
 #[test]
 fn bad_input_is_a_typed_error() {
     let a = vec![0.0f64; 12];
     let b = vec![0.0f64; 12];
-    let mut c = vec![0.0f64; 16];
+    let mut c = [0.0f64; 16];
     // K mismatch: [3, 4]·[3, 4].
     let e = gemm(View::host(&a, &[3, 4]).unwrap(), View::host(&b, &[3, 4]).unwrap(), ViewMut::host(&mut c[..12], &[3, 4]).unwrap(), GemmSpec::new(false, false), None);
     assert!(matches!(e, Err(Error::Shape { arg: "b", .. })), "{e:?}");
@@ -205,4 +238,57 @@ fn gpu_sum_batches_is_deterministic() {
         runs.push(arena.download(c).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>());
     }
     assert!(runs.windows(2).all(|w| w[0] == w[1]), "gemm_sum_batches differs between runs");
+}
+
+#[test]
+fn gpu_grouped_operands_match_twin() {
+    let Some(dev) = gpu_or_skip("gpu_grouped_operands_match_twin") else { return };
+    let (s, d, l, m) = (7usize, 33usize, 100usize, 16usize);
+    let mut r = rng(13);
+    let y = randn(&mut r, s * 2 * d * l, 1.0);
+    let w = randn(&mut r, m * d, 1.0);
+    let (y64, w64) = (f64v(y.clone()), f64v(w.clone()));
+    let mut plan = Plan::new();
+    let by = plan.add::<f32>("y", &[s, 2, d, l], Role::Activation).unwrap();
+    let bw = plan.add::<f32>("w", &[m, d], Role::Param).unwrap();
+    let bo = plan.add::<f32>("out", &[s, l, m], Role::Activation).unwrap();
+    let bdy = plan.add::<f32>("dy", &[s, 2, d, l], Role::Grad).unwrap();
+    let bdw = plan.add::<f32>("dw", &[m, d], Role::Grad).unwrap();
+    let ws = plan.add::<f32>("ws", &[sum_batches_workspace_bytes(s, m, d) / 4], Role::Workspace).unwrap();
+    let mut arena = Arena::new(&dev, &plan).unwrap();
+    arena.upload(by, &y).unwrap();
+    arena.upload(bw, &w).unwrap();
+    for g in 0..2 {
+        for x in [bo, bdy, bdw] {
+            poison(&mut arena, x).unwrap();
+        }
+        {
+            let v = arena.borrow();
+            gemm(Mat::group(v.read(by).unwrap(), g), v.read(bw).unwrap(), v.write(bo).unwrap(), GemmSpec::new(true, true), None).unwrap();
+        }
+        {
+            let v = arena.borrow();
+            gemm(v.read(bw).unwrap(), v.read(bo).unwrap(), MatMut::group(v.write(bdy).unwrap(), g), GemmSpec::new(true, true), None).unwrap();
+            gemm_sum_batches(v.read(bo).unwrap(), Mat::group(v.read(by).unwrap(), g), v.write(bdw).unwrap(), GemmSpec::new(true, true), Some(v.write(ws).unwrap()), None).unwrap();
+        }
+        let (mut want, mut want_dy, mut want_dw) = (vec![0.0; s * l * m], vec![0.0; s * d * l], vec![0.0f32; m * d]);
+        gemm(Mat::group(View::host(&y64, &[s, 2, d, l]).unwrap(), g), View::host(&w64, &[m, d]).unwrap(), ViewMut::host(&mut want, &[s, l, m]).unwrap(), GemmSpec::new(true, true), None).unwrap();
+        let got = arena.download(bo).unwrap();
+        gemm(View::host(&w64, &[m, d]).unwrap(), View::host(&f64v(got.clone()), &[s, l, m]).unwrap(), ViewMut::host(&mut want_dy, &[s, d, l]).unwrap(), GemmSpec::new(true, true), None).unwrap();
+        gemm_sum_batches(View::host(&f64v(got.clone()), &[s, l, m]).unwrap(), Mat::group(View::host(&y64, &[s, 2, d, l]).unwrap(), g), ViewMut::host(&mut want_dw, &[m, d]).unwrap(), GemmSpec::new(true, true), None, None).unwrap();
+        let tol = 1e-5 * (d as f64).sqrt() * 4.0;
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((*a as f64 - b).abs() <= tol, "group {g} out[{i}] {a} vs {b}");
+        }
+        let dy = arena.download(bdy).unwrap();
+        let dyg = take_group(&f64v(dy.clone()), (s, 2, d, l), g);
+        for (i, (a, b)) in dyg.iter().zip(&want_dy).enumerate() {
+            assert!((a - b).abs() <= tol * 4.0, "group {g} dy[{i}] {a} vs {b}");
+        }
+        assert!(take_group(&f64v(dy), (s, 2, d, l), 1 - g).iter().all(|x| x.is_nan()), "group {g}: the other group was written");
+        let dw = arena.download(bdw).unwrap();
+        for (i, (a, b)) in dw.iter().zip(&want_dw).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(10.0), "group {g} dw[{i}] {a} vs {b}");
+        }
+    }
 }

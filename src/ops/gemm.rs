@@ -3,7 +3,9 @@
 //!
 //! Row-major semantics: `C[b] (M×N) = α·op(A[b])·op(B[b]) + β·C[b]` with `op(X) = X` or `Xᵀ`.
 //! Each operand is a matrix `[rows, cols]`, broadcast over the batch, or a batch `[batch, rows,
-//! cols]`; `c` decides the batch. Storage `T` is f32 or bf16 on the GPU, with f32 compute
+//! cols]`, or one group of a grouped batch `[batch, groups, rows, cols]` ([`Mat::group`]: e.g. one
+//! direction's half `[S, D, L]` of a bidirectional scan's `[S, 2D, L]` output, read as
+//! `[S, 2, D, L]`); `c` decides the batch. Storage `T` is f32 or bf16 on the GPU, with f32 compute
 //! (`CUBLAS_COMPUTE_32F`, default math mode: no TF32), and `C` is `T` or f32; the CPU twin computes
 //! in f64 for any [`Real`] and rounds once. With `β = 0`, `C` is not read (NaN in it is fine).
 //!
@@ -59,52 +61,104 @@ impl GemmSpec {
     }
 }
 
-/// One operand: (batch or None when broadcast, rows, cols).
-fn mat_dims(op: &'static str, arg: &'static str, shape: &[usize]) -> Result<(Option<usize>, usize, usize)> {
-    match *shape {
-        [r, c] if r >= 1 && c >= 1 => Ok((None, r, c)),
-        [b, r, c] if b >= 1 && r >= 1 && c >= 1 => Ok((Some(b), r, c)),
-        _ => Err(Error::Shape { op, arg, expected: "[rows, cols] or [batch, rows, cols], all >= 1".into(), got: shape.to_vec() }),
+/// A GEMM input: a view, or one group of a `[batch, groups, rows, cols]` view.
+#[derive(Debug)]
+pub struct Mat<'a, T: Element> {
+    view: View<'a, T>,
+    group: Option<usize>,
+}
+
+impl<'a, T: Element> Mat<'a, T> {
+    /// Group `g` of a `[batch, groups, rows, cols]` view: the batch of matrices `view[:, g]`.
+    pub fn group(view: View<'a, T>, g: usize) -> Mat<'a, T> {
+        Mat { view, group: Some(g) }
     }
 }
 
-/// Validated problem: batch, M, N, K and each operand's (batched?, rows, cols).
+impl<'a, T: Element> From<View<'a, T>> for Mat<'a, T> {
+    fn from(view: View<'a, T>) -> Self {
+        Mat { view, group: None }
+    }
+}
+
+/// A GEMM output: a mutable view, or one group of a `[batch, groups, rows, cols]` view.
+#[derive(Debug)]
+pub struct MatMut<'a, T: Element> {
+    view: ViewMut<'a, T>,
+    group: Option<usize>,
+}
+
+impl<'a, T: Element> MatMut<'a, T> {
+    /// Group `g` of a `[batch, groups, rows, cols]` view (the other groups are not touched).
+    pub fn group(view: ViewMut<'a, T>, g: usize) -> MatMut<'a, T> {
+        MatMut { view, group: Some(g) }
+    }
+}
+
+impl<'a, T: Element> From<ViewMut<'a, T>> for MatMut<'a, T> {
+    fn from(view: ViewMut<'a, T>) -> Self {
+        MatMut { view, group: None }
+    }
+}
+
+/// One operand's layout in elements: batched (else broadcast), rows, cols, batch stride, offset.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    batch: Option<usize>,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    offset: usize,
+}
+
+fn layout(op: &'static str, arg: &'static str, shape: &[usize], group: Option<usize>) -> Result<Layout> {
+    let bad = |expected: String| Error::Shape { op, arg, expected, got: shape.to_vec() };
+    match (shape, group) {
+        (&[r, c], None) if r >= 1 && c >= 1 => Ok(Layout { batch: None, rows: r, cols: c, stride: 0, offset: 0 }),
+        (&[b, r, c], None) if b >= 1 && r >= 1 && c >= 1 => Ok(Layout { batch: Some(b), rows: r, cols: c, stride: r * c, offset: 0 }),
+        (&[b, g, r, c], Some(k)) if b >= 1 && r >= 1 && c >= 1 && k < g => Ok(Layout { batch: Some(b), rows: r, cols: c, stride: g * r * c, offset: k * r * c }),
+        (_, Some(k)) => Err(bad(format!("[batch, groups, rows, cols], all >= 1, with group {k} < groups"))),
+        _ => Err(bad("[rows, cols] or [batch, rows, cols], all >= 1".into())),
+    }
+}
+
+/// Validated problem: batch, M, N, K and the operands' layouts.
 #[derive(Clone, Copy, Debug)]
 struct Problem {
     batch: usize,
     m: usize,
     n: usize,
     k: usize,
-    a: (bool, usize, usize),
-    b: (bool, usize, usize),
+    a: Layout,
+    b: Layout,
+    c: Layout,
 }
 
-fn problem(op: &'static str, a: &[usize], b: &[usize], c_batch: Option<usize>, c_rows: usize, c_cols: usize, spec: GemmSpec) -> Result<Problem> {
-    let (ab, ar, ac) = mat_dims(op, "a", a)?;
-    let (bb, br, bc) = mat_dims(op, "b", b)?;
-    let (m, k) = if spec.trans_a { (ac, ar) } else { (ar, ac) };
-    let (k2, n) = if spec.trans_b { (bc, br) } else { (br, bc) };
+fn problem(op: &'static str, a: Layout, b: Layout, c: Layout, spec: GemmSpec) -> Result<Problem> {
+    let (m, k) = if spec.trans_a { (a.cols, a.rows) } else { (a.rows, a.cols) };
+    let (k2, n) = if spec.trans_b { (b.cols, b.rows) } else { (b.rows, b.cols) };
     if k2 != k {
-        return Err(Error::Shape { op, arg: "b", expected: format!("op(b) with {k} rows (the columns of op(a))"), got: b.to_vec() });
+        return Err(Error::Shape { op, arg: "b", expected: format!("op(b) with {k} rows (the columns of op(a))"), got: vec![b.rows, b.cols] });
     }
-    if (c_rows, c_cols) != (m, n) {
-        return Err(Error::Shape { op, arg: "c", expected: format!("[{m}, {n}] matrices (op(a)·op(b))"), got: vec![c_rows, c_cols] });
+    if (c.rows, c.cols) != (m, n) {
+        return Err(Error::Shape { op, arg: "c", expected: format!("[{m}, {n}] matrices (op(a)·op(b))"), got: vec![c.rows, c.cols] });
     }
-    let batch = c_batch.unwrap_or(1);
-    for (arg, x, shape) in [("a", ab, a), ("b", bb, b)] {
-        if let Some(xb) = x {
+    let batch = c.batch.unwrap_or(1);
+    for (arg, x) in [("a", a), ("b", b)] {
+        if let Some(xb) = x.batch {
             if xb != batch {
-                return Err(Error::Shape { op, arg, expected: format!("a batch of {batch} (from c), or a single matrix"), got: shape.to_vec() });
+                return Err(Error::Shape { op, arg, expected: format!("a batch of {batch} (from c), or a single matrix"), got: vec![xb, x.rows, x.cols] });
             }
         }
     }
-    Ok(Problem { batch, m, n, k, a: (ab.is_some(), ar, ac), b: (bb.is_some(), br, bc) })
+    Ok(Problem { batch, m, n, k, a, b, c })
 }
 
 /// `c = α·op(a)·op(b) + β·c`, batched (see the module docs).
-pub fn gemm<T: Real, C: Real>(a: View<'_, T>, b: View<'_, T>, c: ViewMut<'_, C>, spec: GemmSpec, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
-    let (cb_, cr, cc) = mat_dims(OP, "c", c.shape())?;
-    let p = problem(OP, a.shape(), b.shape(), cb_, cr, cc, spec)?;
+pub fn gemm<'a, T: Real, C: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<'a, T>>, c: impl Into<MatMut<'a, C>>, spec: GemmSpec, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
+    let (a, b, c) = (a.into(), b.into(), c.into());
+    let p = problem(OP, layout(OP, "a", a.view.shape(), a.group)?, layout(OP, "b", b.view.shape(), b.group)?, layout(OP, "c", c.view.shape(), c.group)?, spec)?;
+    let (a, b, c) = (a.view, b.view, c.view);
     let mut locs = vec![("a", a.loc()), ("b", b.loc()), ("c", c.loc())];
     locs.extend(cublas_workspace.as_ref().map(|w| ("cublas_workspace", w.loc())));
     match common_loc(OP, &locs)? {
@@ -129,23 +183,26 @@ pub fn sum_batches_workspace_bytes(batch: usize, m: usize, n: usize) -> usize {
 /// `c (M×N) = α·Σ_b op(a[b])·op(b[b]) + β·c`, summed over the batch in order (deterministic).
 /// `a` and/or `b` carry the batch; on the GPU `workspace` holds at least
 /// [`sum_batches_workspace_bytes`] (the CPU twin needs none and takes `None`).
-pub fn gemm_sum_batches<T: Real>(a: View<'_, T>, b: View<'_, T>, c: ViewMut<'_, f32>, spec: GemmSpec, workspace: Option<ViewMut<'_, f32>>, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
-    let batch = match (a.shape(), b.shape()) {
-        ([x, _, _], _) | (_, [x, _, _]) => *x,
-        _ => return Err(Error::Shape { op: OP_SUM, arg: "a", expected: "a or b batched: [batch, rows, cols]".into(), got: a.shape().to_vec() }),
+pub fn gemm_sum_batches<'a, T: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<'a, T>>, c: ViewMut<'_, f32>, spec: GemmSpec, workspace: Option<ViewMut<'_, f32>>, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
+    let (a, b) = (a.into(), b.into());
+    let (la, lb) = (layout(OP_SUM, "a", a.view.shape(), a.group)?, layout(OP_SUM, "b", b.view.shape(), b.group)?);
+    let Some(batch) = la.batch.or(lb.batch) else {
+        return Err(Error::Shape { op: OP_SUM, arg: "a", expected: "a or b batched: [batch, rows, cols]".into(), got: a.view.shape().to_vec() });
     };
-    let (cb_, cr, cc) = mat_dims(OP_SUM, "c", c.shape())?;
-    if cb_.is_some() {
+    let lc = layout(OP_SUM, "c", c.shape(), None)?;
+    if lc.batch.is_some() {
         return Err(Error::Shape { op: OP_SUM, arg: "c", expected: "one matrix [M, N] (the sum over the batch)".into(), got: c.shape().to_vec() });
     }
-    let p = problem(OP_SUM, a.shape(), b.shape(), Some(batch), cr, cc, spec)?;
+    // The per-batch products: a batch of M×N matrices in the workspace.
+    let p = problem(OP_SUM, la, lb, Layout { batch: Some(batch), stride: lc.rows * lc.cols, ..lc }, spec)?;
+    let (a, b) = (a.view, b.view);
     let mut locs = vec![("a", a.loc()), ("b", b.loc()), ("c", c.loc())];
     locs.extend(workspace.as_ref().map(|w| ("workspace", w.loc())));
     locs.extend(cublas_workspace.as_ref().map(|w| ("cublas_workspace", w.loc())));
     match common_loc(OP_SUM, &locs)? {
         Loc::Host => {
             let mut part = vec![0.0f64; p.batch * p.m * p.n];
-            cpu_products(OP_SUM, &a, &b, &mut part, p, spec.trans_a, spec.trans_b)?;
+            cpu_products(OP_SUM, &a, &b, &mut part, p, spec.trans_a, spec.trans_b)?; // [batch, M, N]
             let prev = if spec.beta != 0.0 { c.as_view().to_vec()? } else { vec![0.0; p.m * p.n] };
             let out = c.into_slice_mut().ok_or(Error::DeviceMismatch { op: OP_SUM, arg: "c", expected: "cpu".into(), got: "cuda".into() })?;
             for (i, o) in out.iter_mut().enumerate() {
@@ -212,9 +269,11 @@ unsafe fn cublas_gemm(gpu: &crate::Gpu, op: &'static str, p: Problem, spec: Gemm
         c_int::try_from(v).map_err(|_| Error::Shape { op, arg: "a", expected: format!("{what} < 2^31 (cuBLAS)"), got: vec![v] })
     };
     let (m, n, k) = (int(p.m, "M")?, int(p.n, "N")?, int(p.k, "K")?);
-    let (lda, ldb) = (int(p.a.2, "a's columns")?, int(p.b.2, "b's columns")?);
-    let stride = |batched: bool, r: usize, cc: usize| if batched { (r * cc) as c_longlong } else { 0 };
-    let (sa, sb, sc) = (stride(p.a.0, p.a.1, p.a.2), stride(p.b.0, p.b.1, p.b.2), (p.m * p.n) as c_longlong);
+    let (lda, ldb) = (int(p.a.cols, "a's columns")?, int(p.b.cols, "b's columns")?);
+    let stride = |l: Layout| if l.batch.is_some() { l.stride as c_longlong } else { 0 };
+    let (sa, sb, sc) = (stride(p.a), stride(p.b), stride(p.c));
+    let start = |base: *const c_void, l: Layout, d: DType| (base as u64 + (l.offset * d.size()) as u64) as *const c_void;
+    let (a, b, c) = (start(a, p.a, t), start(b, p.b, t), start(c, p.c, tc) as *mut c_void);
     let blas = gpu.cublas()?;
     let h = *blas.handle();
     let (wp, wl) = ws.unwrap_or((0, 0));
@@ -271,12 +330,12 @@ fn cpu_products<T: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>, out
     let av = super::host_f64(op, "a", a)?;
     let bv = super::host_f64(op, "b", b)?;
     let at = |bt: usize, i: usize, kk: usize| {
-        let base = if p.a.0 { bt * p.a.1 * p.a.2 } else { 0 };
-        av[base + if ta { kk * p.a.2 + i } else { i * p.a.2 + kk }]
+        let base = p.a.offset + if p.a.batch.is_some() { bt * p.a.stride } else { 0 };
+        av[base + if ta { kk * p.a.cols + i } else { i * p.a.cols + kk }]
     };
     let bt_ = |bt: usize, kk: usize, j: usize| {
-        let base = if p.b.0 { bt * p.b.1 * p.b.2 } else { 0 };
-        bv[base + if tb { j * p.b.2 + kk } else { kk * p.b.2 + j }]
+        let base = p.b.offset + if p.b.batch.is_some() { bt * p.b.stride } else { 0 };
+        bv[base + if tb { j * p.b.cols + kk } else { kk * p.b.cols + j }]
     };
     use rayon::prelude::*;
     out.par_chunks_mut(p.n).enumerate().for_each(|(row, o)| {
@@ -288,12 +347,16 @@ fn cpu_products<T: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>, out
     Ok(())
 }
 
-fn cpu_gemm<T: Real, C: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>, c: ViewMut<'_, C>, p: Problem, spec: GemmSpec) -> Result<()> {
+fn cpu_gemm<T: Real, C: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>, mut c: ViewMut<'_, C>, p: Problem, spec: GemmSpec) -> Result<()> {
     let mut prod = vec![0.0f64; p.batch * p.m * p.n];
     cpu_products(op, a, b, &mut prod, p, spec.trans_a, spec.trans_b)?;
-    let prev = if spec.beta != 0.0 { super::host_f64(op, "c", &c.as_view())? } else { Vec::new() };
-    for (i, x) in prod.iter_mut().enumerate() {
-        *x = spec.alpha as f64 * *x + if spec.beta != 0.0 { spec.beta as f64 * prev[i] } else { 0.0 };
+    let out = c.as_slice_mut().ok_or(Error::DeviceMismatch { op, arg: "c", expected: "cpu".into(), got: "cuda".into() })?;
+    for bt in 0..p.batch {
+        for (i, x) in prod[bt * p.m * p.n..][..p.m * p.n].iter().enumerate() {
+            let o = &mut out[p.c.offset + bt * p.c.stride + i];
+            let prev = if spec.beta != 0.0 { spec.beta as f64 * o.to_f64().unwrap_or(f64::NAN) } else { 0.0 };
+            *o = C::from_f64(spec.alpha as f64 * *x + prev).unwrap_or_else(C::nan);
+        }
     }
-    super::store_f64(op, "c", c, &prod)
+    Ok(())
 }
