@@ -354,6 +354,36 @@ impl Default for SnugGemmSumParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct SnugMambaAParams {
+    pub out: *mut f32,
+    pub a_log: *const f32,
+    pub da: *const f32,
+    pub count: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugMambaAParams"][::core::mem::size_of::<SnugMambaAParams>() - 32usize];
+    ["Alignment of SnugMambaAParams"][::core::mem::align_of::<SnugMambaAParams>() - 8usize];
+    ["Offset of field: SnugMambaAParams::out"]
+        [::core::mem::offset_of!(SnugMambaAParams, out) - 0usize];
+    ["Offset of field: SnugMambaAParams::a_log"]
+        [::core::mem::offset_of!(SnugMambaAParams, a_log) - 8usize];
+    ["Offset of field: SnugMambaAParams::da"]
+        [::core::mem::offset_of!(SnugMambaAParams, da) - 16usize];
+    ["Offset of field: SnugMambaAParams::count"]
+        [::core::mem::offset_of!(SnugMambaAParams, count) - 24usize];
+};
+impl Default for SnugMambaAParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct SnugScanDir {
     pub u: *const ::core::ffi::c_void,
     pub delta: *const ::core::ffi::c_void,

@@ -33,3 +33,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugCausalConv1dParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugConvReduceParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugGemmSumParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugMambaAParams {}

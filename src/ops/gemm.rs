@@ -180,10 +180,11 @@ pub fn sum_batches_workspace_bytes(batch: usize, m: usize, n: usize) -> usize {
     4 * batch * m * n
 }
 
-/// `c (M×N) = α·Σ_b op(a[b])·op(b[b]) + β·c`, summed over the batch in order (deterministic).
+/// `c (M×N) = α·Σ_b op(a[b])·op(b[b]) + β·c`, summed over the batch in order (deterministic); `c`
+/// is f32 on the GPU (the sum of bf16 products stays f32).
 /// `a` and/or `b` carry the batch; on the GPU `workspace` holds at least
 /// [`sum_batches_workspace_bytes`] (the CPU twin needs none and takes `None`).
-pub fn gemm_sum_batches<'a, T: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<'a, T>>, c: ViewMut<'_, f32>, spec: GemmSpec, workspace: Option<ViewMut<'_, f32>>, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
+pub fn gemm_sum_batches<'a, T: Real, C: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<'a, T>>, c: ViewMut<'_, C>, spec: GemmSpec, workspace: Option<ViewMut<'_, f32>>, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
     let (a, b) = (a.into(), b.into());
     let (la, lb) = (layout(OP_SUM, "a", a.view.shape(), a.group)?, layout(OP_SUM, "b", b.view.shape(), b.group)?);
     let Some(batch) = la.batch.or(lb.batch) else {
@@ -203,17 +204,17 @@ pub fn gemm_sum_batches<'a, T: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<
         Loc::Host => {
             let mut part = vec![0.0f64; p.batch * p.m * p.n];
             cpu_products(OP_SUM, &a, &b, &mut part, p, spec.trans_a, spec.trans_b)?; // [batch, M, N]
-            let prev = if spec.beta != 0.0 { c.as_view().to_vec()? } else { vec![0.0; p.m * p.n] };
             let out = c.into_slice_mut().ok_or(Error::DeviceMismatch { op: OP_SUM, arg: "c", expected: "cpu".into(), got: "cuda".into() })?;
             for (i, o) in out.iter_mut().enumerate() {
                 let s: f64 = (0..p.batch).map(|b| part[b * p.m * p.n + i]).sum();
-                let prev = if spec.beta != 0.0 { spec.beta as f64 * prev[i] as f64 } else { 0.0 };
-                *o = (spec.alpha as f64 * s + prev) as f32;
+                let prev = if spec.beta != 0.0 { spec.beta as f64 * o.to_f64().unwrap_or(f64::NAN) } else { 0.0 };
+                *o = C::from_f64(spec.alpha as f64 * s + prev).unwrap_or_else(C::nan);
             }
             Ok(())
         }
         Loc::Cuda(gpu) => {
             require_f32_or_bf16::<T>(OP_SUM)?;
+            require_f32::<C>(OP_SUM)?;
             let want = sum_batches_workspace_bytes(p.batch, p.m, p.n) / 4;
             let ws = workspace.ok_or_else(|| Error::Value { op: OP_SUM, arg: "workspace", expected: format!("{want} f32 on the GPU (sum_batches_workspace_bytes)"), got: "None".into() })?;
             if ws.len() < want {
