@@ -1,5 +1,6 @@
-"""Emulator driver for kernels/selective_scan.cu: selective_scan_fwd_f32, selective_scan_bwd_f32,
-selective_scan_reduce_f32, against a numpy f64 reference of the Mamba-1 scan and its backward."""
+"""Emulator driver for kernels/selective_scan.cu: selective_scan_fwd_{f32,bf16},
+selective_scan_bwd_{f32,bf16}, selective_scan_reduce_f32, against a numpy f64 reference of the
+Mamba-1 scan and its backward (for bf16: on the bf16-rounded inputs)."""
 import ctypes as C
 import os
 import sys
@@ -12,6 +13,22 @@ from emu import ORDERS, RANDOM, Mem, P, bits_equal, rel_err, run_main  # noqa: E
 U32, U64 = C.c_uint32, C.c_uint64
 INPUTS = ("u", "delta", "a", "b", "c", "d_skip", "delta_bias", "z")
 GRADS = ("du", "ddelta", "da", "db", "dc", "dd_skip", "ddelta_bias", "dz")
+ACTS = ("u", "delta", "b", "c", "z")  # activations: T (f32 or bf16); a, d_skip, delta_bias stay f32
+
+
+def bf16_bits(x):
+    """f32 -> bf16 bits, round to nearest even (finite inputs)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_value(bits):
+    """bf16 bits -> the f32 with the same value (bit pattern kept, NaN payloads included)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def bf16_round(x):
+    return bf16_value(bf16_bits(x))
 
 
 # Mirrors of kernels/selective_scan.h (sizes checked against the C structs).
@@ -25,7 +42,7 @@ class FwdParams(C.Structure):
 
 
 class DirGrads(C.Structure):
-    _fields_ = [(k, P) for k in ("du", "ddelta", "db", "dc", "dz", "da_part", "dd_part", "dbias_part")]
+    _fields_ = [(k, P) for k in ("du", "ddelta", "db", "dc", "dz", "da_part", "dd_part", "dbias_part", "db_acc", "dc_acc")]
 
 
 class BwdParams(C.Structure):
@@ -40,7 +57,9 @@ class ReduceParams(C.Structure):
 # ---- Launch shapes. These formulas mirror src/ops/selective_scan.rs and must be kept in sync with
 # it: CHUNK (SNUG_SCAN_CHUNK), block_shape, the forward's grid / block / smem in selective_scan(),
 # and gpu_backward()'s smem (nwarps, subs, halves, SUB), workspace carving
-# ([da S*D*N | dd S*D | dbias S*D] per direction, dirs*S*D*(N+2) floats) and reduce launch (256 threads).
+# ([da S*D*N | dd S*D | dbias S*D] per direction, dirs*S*D*(N+2) floats; then, for bf16 with more
+# than one channel group (needs_acc), [db_acc S*N*L | dc_acc S*N*L] per direction; backward_workspace_bytes),
+# db_acc / dc_acc (= db / dc for f32, NULL for bf16 with one group) and reduce launch (256 threads).
 CHUNK = 32
 SUB = 8
 
@@ -67,6 +86,15 @@ def bwd_launch(S, D, N):
     return npad, cpb, S, cpb * npad, smem
 
 
+def needs_acc(D, N, bf16):
+    """bf16 with several channel groups per sequence: separate f32 dB / dC running sums."""
+    return bf16 and D > block_shape(N)[1]
+
+
+def workspace_floats(S, D, L, N, dirs, bf16):
+    return dirs * S * D * (N + 2) + (dirs * 2 * S * N * L if needs_acc(D, N, bf16) else 0)
+
+
 def reduce_launch(D, N):
     items = D * N + D
     return -(-items // 256), 256, 0
@@ -75,41 +103,64 @@ def reduce_launch(D, N):
 class Kernels:
     def __init__(self, emu):
         self.emu = emu
-        emu.check_struct("selective_scan_fwd_f32", FwdParams)
-        emu.check_struct("selective_scan_bwd_f32", BwdParams)
+        for t in ("f32", "bf16"):
+            emu.check_struct(f"selective_scan_fwd_{t}", FwdParams)
+            emu.check_struct(f"selective_scan_bwd_{t}", BwdParams)
         emu.check_struct("selective_scan_reduce_f32", ReduceParams)
 
-    def run(self, inp, combine, dout, order=0, seed=0, save_states=True, backward=True):
-        """inp: 1 or 2 dicts of INPUTS (optional ones absent or None). Launches the forward (with
-        chunk_states unless save_states is False), then the backward and one reduce per direction,
-        as the Rust side does. -> out, chunk_states, [grads dict per direction]"""
+    def run(self, inp, combine, dout, order=0, seed=0, save_states=True, backward=True, bf16=False):
+        """inp: 1 or 2 dicts of INPUTS (optional ones absent or None), f32 arrays. Launches the
+        forward (with chunk_states unless save_states is False), then the backward and one reduce
+        per direction, as the Rust side does. bf16: the _bf16 kernels, with the activations (ACTS,
+        dout) rounded to bf16 and the activation outputs returned as f32 arrays holding the bf16
+        values bit for bit (poison 0xFFFF reads back as NaN). -> out, chunk_states, [grads dict per
+        direction]"""
         S, D, L = inp[0]["u"].shape
         N = inp[0]["a"].shape[1]
         dirs, concat = len(inp), combine == "concat"
         chunks = -(-L // CHUNK)
+        t = "bf16" if bf16 else "f32"
         with Mem(self.emu) as m:
-            dp = [ScanDir(**{k: m.put(x.get(k)) for k in INPUTS}) for x in inp]
+            def put_act(x):  # activation in T
+                return m.put(bf16_bits(x), np.uint16) if bf16 and x is not None else m.put(x)
+
+            def new_act(shape):  # NaN-poisoned activation output in T
+                return m.new(shape, np.uint16, 0xFFFF) if bf16 else m.new(shape)
+
+            def get_act(p):
+                return bf16_value(m.get(p)) if bf16 and p is not None else m.get(p)
+
+            dp = [ScanDir(**{k: (put_act if k in ACTS else m.put)(x.get(k)) for k in INPUTS}) for x in inp]
             dir2 = (ScanDir * 2)(*(dp + [ScanDir()] * (2 - dirs)))
-            out = m.new((S, 2 * D if concat else D, L))
+            out = new_act((S, 2 * D if concat else D, L))
             cs = m.new((dirs, S, D, chunks, N)) if save_states or backward else None
             npad, cpb, grid, block, smem = fwd_launch(S, D, N)
             f = FwdParams(dir=dir2, out=out, chunk_states=cs, s=S, d=D, l=L, n=N, npad=npad, channels_per_block=cpb, concat=int(concat))
-            self.emu.launch("selective_scan_fwd_f32", f, grid, block, smem, order, seed)
+            self.emu.launch(f"selective_scan_fwd_{t}", f, grid, block, smem, order, seed)
             if not backward:
-                return m.get(out), m.get(cs), None
-            ws = m.new((dirs * S * D * (N + 2),))
+                return get_act(out), m.get(cs), None
+            ws = m.new((workspace_floats(S, D, L, N, dirs, bf16),))
+            sep = needs_acc(D, N, bf16)
             gp = []
             for r in range(dirs):
                 gated = inp[r].get("z") is not None and (r == 0 or concat)
                 base = ws + 4 * r * S * D * (N + 2)
-                gp.append(dict(du=m.new((S, D, L)), ddelta=m.new((S, D, L)), db=m.new((S, N, L)), dc=m.new((S, N, L)),
-                               dz=m.new((S, D, L)) if gated else None, da_part=base, dd_part=base + 4 * S * D * N,
-                               dbias_part=base + 4 * S * D * (N + 1)))
+                g = dict(du=new_act((S, D, L)), ddelta=new_act((S, D, L)), db=new_act((S, N, L)), dc=new_act((S, N, L)),
+                         dz=new_act((S, D, L)) if gated else None, da_part=base, dd_part=base + 4 * S * D * N,
+                         dbias_part=base + 4 * S * D * (N + 1))
+                if sep:  # after every direction's partials: per direction [db_acc | dc_acc]
+                    acc = ws + 4 * (dirs * S * D * (N + 2) + 2 * r * S * N * L)
+                    g.update(db_acc=acc, dc_acc=acc + 4 * S * N * L)
+                elif not bf16:  # f32 outputs are their own running sums
+                    g.update(db_acc=g["db"], dc_acc=g["dc"])
+                else:  # bf16, one channel group: unused
+                    g.update(db_acc=None, dc_acc=None)
+                gp.append(g)
             g2 = (DirGrads * 2)(*([DirGrads(**g) for g in gp] + [DirGrads()] * (2 - dirs)))
             npad, cpb, grid, block, smem = bwd_launch(S, D, N)
-            b = BwdParams(dir=dir2, grad=g2, dout=m.put(dout), chunk_states=cs, s=S, d=D, l=L, n=N, npad=npad,
+            b = BwdParams(dir=dir2, grad=g2, dout=put_act(dout), chunk_states=cs, s=S, d=D, l=L, n=N, npad=npad,
                           channels_per_block=cpb, concat=int(concat))
-            self.emu.launch("selective_scan_bwd_f32", b, grid, block, smem, order, seed + 1)
+            self.emu.launch(f"selective_scan_bwd_{t}", b, grid, block, smem, order, seed + 1)
             grads = []
             for r in range(dirs):
                 g = gp[r]
@@ -119,9 +170,9 @@ class Kernels:
                 q = ReduceParams(da=da, dd=dd, dbias=dbias, da_part=g["da_part"], dd_part=g["dd_part"], dbias_part=g["dbias_part"], s=S, d=D, n=N)
                 grid, block, smem = reduce_launch(D, N)
                 self.emu.launch("selective_scan_reduce_f32", q, grid, block, smem, order, seed + 2)
-                grads.append(dict(du=m.get(g["du"]), ddelta=m.get(g["ddelta"]), da=m.get(da), db=m.get(g["db"]), dc=m.get(g["dc"]),
-                                  dd_skip=m.get(dd), ddelta_bias=m.get(dbias), dz=m.get(g["dz"])))
-            return m.get(out), m.get(cs), grads
+                grads.append(dict(du=get_act(g["du"]), ddelta=get_act(g["ddelta"]), da=m.get(da), db=get_act(g["db"]),
+                                  dc=get_act(g["dc"]), dd_skip=m.get(dd), ddelta_bias=m.get(dbias), dz=get_act(g["dz"])))
+            return get_act(out), m.get(cs), grads
 
 
 # ---- f64 reference (a port of the CPU twin in src/ops/selective_scan.rs)
@@ -278,18 +329,23 @@ def flat(res):
 TOL = 1e-4  # observed worst relative error vs f64 ~1e-6
 
 
-def compare(res, ref):
-    """-> list of 'name rel' failures"""
+PARAM_GRADS = ("da", "dd_skip", "ddelta_bias")  # f32 whatever the activations' type
+
+
+def compare(res, ref, act_tol=TOL):
+    """-> list of 'name rel' failures (rel: max |got - want| / max |want| per tensor). act_tol: for
+    the output and the activations' gradients; the f32 parameters' gradients always get TOL."""
     (o, _, gs), (ro, rgs) = res, ref
     bad = []
     e = rel_err(o, ro)
-    if not e < TOL:
+    if not e < act_tol:
         bad.append(f"out {e:.1e}")
     for r, (g, rg) in enumerate(zip(gs, rgs)):
         for k in GRADS:
+            tol = TOL if k in PARAM_GRADS else act_tol
             if (g[k] is None) != (rg[k] is None):
                 bad.append(f"{k}[{r}] presence")
-            elif g[k] is not None and not (e := rel_err(g[k], rg[k])) < TOL:
+            elif g[k] is not None and not (e := rel_err(g[k], rg[k])) < tol:
                 bad.append(f"{k}[{r}] {e:.1e}")
     return bad
 
@@ -317,6 +373,44 @@ def part_accuracy(K, ck, rng, asan=False):
             "sum/concat/one direction x full/bare/above-softplus-threshold: out and every gradient vs f64; bitwise equal in 3 orders"
         ck.check(f"selective_scan S={S} D={D} L={L} N={N} (npad {block_shape(N)[0]}): {what}", not bad and not nondet,
                  "; ".join(bad[:8] + [f"order-dependent: {nondet}"] * bool(nondet)))
+
+
+# bf16 activations (f32 parameters): vs f64 on the bf16-rounded inputs, max |got - want| <
+# BF16_TOL max |want| per tensor for the output and the activations' gradients (stored in bf16:
+# observed worst ~4e-3, the bf16 rounding of the stores plus the summed mode's y_fwd rounded once
+# between the passes); TOL for the f32 gradients dA, dD, dbias (observed ~5e-7). Shapes: several
+# channel groups per sequence (f32 dB / dC running sums in the workspace: 3 groups of 8 channels
+# with the last one partial, S = 2; 3 groups of 2 at npad 64) and one group (db_acc / dc_acc NULL).
+BF16_TOL = 1e-2
+BF16_SHAPES = [(2, 20, 40, 16), (1, 5, 40, 64), (2, 4, 33, 8), (1, 3, 20, 3)]
+
+
+def bf16_case(rng, shape, mode, variant):
+    """case_inputs with the activations and dout rounded to bf16 (what the kernel reads)."""
+    inp, comb, dout = case_inputs(rng, shape, mode, variant)
+    inp = [{k: (bf16_round(v) if k in ACTS else v) for k, v in x.items()} for x in inp]
+    return inp, comb, bf16_round(dout)
+
+
+def part_bf16(K, ck, rng, asan=False):
+    for shape in BF16_SHAPES:
+        bad, nondet = [], []
+        for mode in MODES:
+            for variant in (["full", "bare", "big"] if not asan else ["full"]):
+                inp, comb, dout = bf16_case(rng, shape, mode, variant)
+                orders = ORDERS if variant == "full" and not asan else ORDERS[:1]
+                runs = [K.run(inp, comb, dout, order=o, seed=s, bf16=True) for o, s in orders]
+                bad += [f"{mode}/{variant}: {b}" for b in compare(runs[0], reference(inp, comb, dout), BF16_TOL)]
+                if not all(bits_equal(flat(runs[0]), flat(x)) for x in runs[1:]):
+                    nondet.append(f"{mode}/{variant}")
+        S, D, L, N = shape
+        npad, cpb = block_shape(N)
+        what = "ASan (sum/concat/one direction, full inputs): no report, outputs vs f64" if asan else \
+            "sum/concat/one direction x full/bare/above-softplus-threshold: out and every gradient vs f64 " \
+            f"(rel {BF16_TOL:g}, f32 dA/dD/dbias {TOL:g}); bitwise equal in 3 orders"
+        ck.check(f"selective_scan bf16 S={S} D={D} L={L} N={N} (npad {npad}, {-(-D // cpb)} channel group(s)"
+                 f"{', f32 dB/dC sums in the workspace' if needs_acc(D, N, True) else ''}): {what}",
+                 not bad and not nondet, "; ".join(bad[:8] + [f"order-dependent: {nondet}"] * bool(nondet)))
 
 
 def part_misc(K, ck, rng):
@@ -396,11 +490,12 @@ def part_misc(K, ck, rng):
 
 def part_asan(K, ck, rng):
     part_accuracy(K, ck, rng, asan=True)
+    part_bf16(K, ck, rng, asan=True)
     inp, comb, dout = case_inputs(rng, (2, 9, 40, 64), "concat2", "full")
     o = K.run(inp, comb, dout, backward=False, save_states=False)[0]
     ck.check("ASan: forward without chunk_states: no report, output vs f64", rel_err(o, reference(inp, comb, dout)[0]) < TOL)
 
 
 if __name__ == "__main__":
-    run_main("selective_scan", __doc__, Kernels, {"accuracy": part_accuracy, "misc": part_misc}, {"bounds": part_asan},
+    run_main("selective_scan", __doc__, Kernels, {"accuracy": part_accuracy, "bf16": part_bf16, "misc": part_misc}, {"bounds": part_asan},
              seed=20240608)
