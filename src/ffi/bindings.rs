@@ -6,6 +6,8 @@ pub const SNUG_EIGH_MAX_N: u32 = 32;
 pub const SNUG_EIGH_OK: u32 = 0;
 pub const SNUG_EIGH_NONFINITE: u32 = 1;
 pub const SNUG_EIGH_NOT_CONVERGED: u32 = 2;
+pub const SNUG_LOCAL_ATTN_MAX_D: u32 = 128;
+pub const SNUG_LOCAL_ATTN_MAX_K: u32 = 13;
 pub const SNUG_SCAN_MAX_N: u32 = 64;
 pub const SNUG_SCAN_CHUNK: u32 = 32;
 pub type snug_bf16 = u16;
@@ -344,6 +346,102 @@ const _: () = {
         [::core::mem::offset_of!(SnugGemmSumParams, beta) - 36usize];
 };
 impl Default for SnugGemmSumParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugLocalAttnParams {
+    pub q: *const ::core::ffi::c_void,
+    pub k: *const ::core::ffi::c_void,
+    pub v: *const ::core::ffi::c_void,
+    pub out: *mut ::core::ffi::c_void,
+    pub lse: *mut f32,
+    pub o: *const ::core::ffi::c_void,
+    pub dout: *const ::core::ffi::c_void,
+    pub dq: *mut ::core::ffi::c_void,
+    pub dk: *mut ::core::ffi::c_void,
+    pub dv: *mut ::core::ffi::c_void,
+    pub delta: *mut f32,
+    pub sb: u64,
+    pub sh: u64,
+    pub sy: u64,
+    pub sx: u64,
+    pub sc: u64,
+    pub b: u32,
+    pub heads: u32,
+    pub h: u32,
+    pub w: u32,
+    pub d: u32,
+    pub ksize: u32,
+    pub zero_pad: u32,
+    pub tq: u32,
+    pub scale: f32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugLocalAttnParams"][::core::mem::size_of::<SnugLocalAttnParams>() - 168usize];
+    ["Alignment of SnugLocalAttnParams"][::core::mem::align_of::<SnugLocalAttnParams>() - 8usize];
+    ["Offset of field: SnugLocalAttnParams::q"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, q) - 0usize];
+    ["Offset of field: SnugLocalAttnParams::k"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, k) - 8usize];
+    ["Offset of field: SnugLocalAttnParams::v"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, v) - 16usize];
+    ["Offset of field: SnugLocalAttnParams::out"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, out) - 24usize];
+    ["Offset of field: SnugLocalAttnParams::lse"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, lse) - 32usize];
+    ["Offset of field: SnugLocalAttnParams::o"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, o) - 40usize];
+    ["Offset of field: SnugLocalAttnParams::dout"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, dout) - 48usize];
+    ["Offset of field: SnugLocalAttnParams::dq"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, dq) - 56usize];
+    ["Offset of field: SnugLocalAttnParams::dk"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, dk) - 64usize];
+    ["Offset of field: SnugLocalAttnParams::dv"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, dv) - 72usize];
+    ["Offset of field: SnugLocalAttnParams::delta"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, delta) - 80usize];
+    ["Offset of field: SnugLocalAttnParams::sb"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, sb) - 88usize];
+    ["Offset of field: SnugLocalAttnParams::sh"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, sh) - 96usize];
+    ["Offset of field: SnugLocalAttnParams::sy"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, sy) - 104usize];
+    ["Offset of field: SnugLocalAttnParams::sx"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, sx) - 112usize];
+    ["Offset of field: SnugLocalAttnParams::sc"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, sc) - 120usize];
+    ["Offset of field: SnugLocalAttnParams::b"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, b) - 128usize];
+    ["Offset of field: SnugLocalAttnParams::heads"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, heads) - 132usize];
+    ["Offset of field: SnugLocalAttnParams::h"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, h) - 136usize];
+    ["Offset of field: SnugLocalAttnParams::w"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, w) - 140usize];
+    ["Offset of field: SnugLocalAttnParams::d"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, d) - 144usize];
+    ["Offset of field: SnugLocalAttnParams::ksize"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, ksize) - 148usize];
+    ["Offset of field: SnugLocalAttnParams::zero_pad"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, zero_pad) - 152usize];
+    ["Offset of field: SnugLocalAttnParams::tq"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, tq) - 156usize];
+    ["Offset of field: SnugLocalAttnParams::scale"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, scale) - 160usize];
+    ["Offset of field: SnugLocalAttnParams::reserved"]
+        [::core::mem::offset_of!(SnugLocalAttnParams, reserved) - 164usize];
+};
+impl Default for SnugLocalAttnParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

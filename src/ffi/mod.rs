@@ -35,3 +35,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugConvReduceParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugGemmSumParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugMambaAParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugLocalAttnParams {}
