@@ -80,6 +80,8 @@ struct GpuInner {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
     blas: OnceLock<std::result::Result<Arc<cudarc::cublas::CudaBlas>, String>>,
+    /// Held from setting the cuBLAS handle's workspace to queuing the GEMMs that use it.
+    blas_lock: Mutex<()>,
 }
 
 impl fmt::Debug for Gpu {
@@ -123,7 +125,7 @@ impl Gpu {
                 stream,
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
-                blas: OnceLock::new(),
+                blas: OnceLock::new(), blas_lock: Mutex::new(()),
             }),
         })
     }
@@ -229,7 +231,9 @@ impl Gpu {
         Ok(())
     }
 
-    /// The cuBLAS handle bound to this handle's stream, created on first use.
+    /// The cuBLAS handle bound to this handle's stream, created on first use. snug's GEMMs set its
+    /// workspace on every call while holding [`Gpu::cublas_lock`]; code that calls cuBLAS through
+    /// this handle directly must hold that lock too and set its own workspace.
     pub fn cublas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>> {
         self.inner
             .blas
@@ -242,6 +246,15 @@ impl Gpu {
             })
             .clone()
             .map_err(|message| Error::Cublas { context: "creating the handle".into(), message })
+    }
+}
+
+impl Gpu {
+    /// Serialises users of the shared cuBLAS handle: hold the guard from `cublasSetWorkspace` until
+    /// the last call that uses that workspace has been queued (clones of a `Gpu`, possibly on other
+    /// threads, share the handle).
+    pub fn cublas_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.blas_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

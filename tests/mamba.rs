@@ -255,6 +255,14 @@ fn bad_input_is_a_typed_error() {
     // One output for a bidirectional block; an input of the wrong shape.
     let e = st.block.forward(&mut st.arena, st.x, &st.outs[..1]);
     assert!(matches!(e, Err(Error::Value { arg: "outs", .. })), "{e:?}");
+    // An output that is the input, or the input gradient written over the input: refused.
+    let e = st.block.forward(&mut st.arena, st.x, &[st.x, st.outs[1]]);
+    assert!(matches!(e, Err(Error::Value { arg: "outs", .. })), "{e:?}");
+    let e = st.block.forward(&mut st.arena, st.x, &[st.outs[0], st.outs[0]]);
+    assert!(matches!(e, Err(Error::Value { arg: "outs", .. })), "{e:?}");
+    st.block.forward(&mut st.arena, st.x, &st.outs).unwrap();
+    let e = st.block.backward(&mut st.arena, st.x, &st.outs, st.x);
+    assert!(matches!(e, Err(Error::Value { arg: "dx", .. })), "{e:?}");
     let mut plan2 = Plan::new();
     let other = plan2.add::<f64>("x", &[2, 6, 3], Role::Activation).unwrap();
     let e = st.block.forward(&mut st.arena, other, &st.outs);

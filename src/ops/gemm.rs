@@ -168,8 +168,9 @@ pub fn gemm<'a, T: Real, C: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<'a,
             let ws = cublas_workspace.as_ref().map(|w| (w.device_ptr().unwrap_or(0), w.len()));
             let ptr = |v: u64| v as *const c_void;
             // SAFETY: a, b, c are device views on this handle whose shapes were validated against
-            // the problem (each batched operand holds batch·rows·cols elements); the workspace,
-            // if any, is a device view of its stated length, used by cuBLAS only during the call.
+            // the problem (a batched operand holds batch·rows·cols elements, a grouped one
+            // batch·groups·rows·cols read from offset g·rows·cols with stride groups·rows·cols);
+            // the workspace, if any, is a device view of its stated length (see cublas_gemm).
             unsafe { cublas_gemm(gpu, OP, p, spec, ptr(a.device_ptr().unwrap_or(0)), ptr(b.device_ptr().unwrap_or(0)), c.device_ptr().unwrap_or(0) as *mut c_void, T::DTYPE, C::DTYPE, ws) }
         }
     }
@@ -262,8 +263,9 @@ fn blas_err(op: &'static str, e: impl std::fmt::Display) -> Error {
 /// Row-major `C = op(A)·op(B)` is column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`: cuBLAS gets B first.
 ///
 /// # Safety
-/// The pointers are device memory on `gpu`'s context holding the problem's operands (batched ones
-/// `batch·rows·cols` elements of their type), `ws` a device buffer of that many bytes or none.
+/// The pointers are device memory on `gpu`'s context holding the problem's operands as their
+/// layouts describe (batch stride and group offset included), `ws` a device buffer of that many
+/// bytes or none, valid until the queued calls have run.
 #[allow(clippy::too_many_arguments)]
 unsafe fn cublas_gemm(gpu: &crate::Gpu, op: &'static str, p: Problem, spec: GemmSpec, a: *const c_void, b: *const c_void, c: *mut c_void, t: DType, tc: DType, ws: Option<(u64, usize)>) -> Result<()> {
     let int = |v: usize, what: &str| -> Result<c_int> {
@@ -277,9 +279,17 @@ unsafe fn cublas_gemm(gpu: &crate::Gpu, op: &'static str, p: Problem, spec: Gemm
     let (a, b, c) = (start(a, p.a, t), start(b, p.b, t), start(c, p.c, tc) as *mut c_void);
     let blas = gpu.cublas()?;
     let h = *blas.handle();
+    // cuBLAS runs in the calling thread's current context: make it this GPU's.
+    gpu.context().bind_to_thread().map_err(|e| Error::driver(format!("{op}: binding the context"), e))?;
+    // The handle is shared by every clone of this Gpu (on any thread): hold its lock from setting
+    // the workspace until the last GEMM that uses it is queued (cuBLAS captures the workspace
+    // when a call is queued; the stream orders its use before any later free of the arena).
+    let _guard = gpu.cublas_lock();
     let (wp, wl) = ws.unwrap_or((0, 0));
     // SAFETY: the handle is this Gpu's (bound to its stream); the workspace is a device buffer of
-    // wl bytes (or none) that stays valid for the calls below, which run on the same stream.
+    // wl bytes (or none), valid until the calls below have run on that stream; the lock keeps any
+    // other user from replacing it before they are queued. Every snug GEMM sets the workspace
+    // first, so a stale pointer left registered on the handle is never used.
     let st = unsafe { cb::cublasSetWorkspace_v2(h, wp as *mut c_void, wl) };
     if st != cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
         return Err(blas_err(op, format!("cublasSetWorkspace: {st:?}")));

@@ -200,9 +200,9 @@ fn param_shapes(c: &MambaConfig) -> [(&'static str, Vec<usize>); 12] {
 
 /// Elements of the shared f32 workspace: the largest of the scan's and the convolution's backward
 /// workspaces and the weight-gradient sums' per-sequence products.
-fn ws_elems(c: &MambaConfig, s: usize, l: usize) -> usize {
+fn ws_elems(c: &MambaConfig, s: usize, l: usize, dtype: crate::DType) -> usize {
     let (dm, d, n, r) = (c.d_model, c.d_inner, c.d_state, c.dt_rank);
-    let scan = selective_scan::backward_workspace_bytes(Dims { s, d, l, n }, c.dirs(), crate::DType::F32) / 4;
+    let scan = selective_scan::backward_workspace_bytes(Dims { s, d, l, n }, c.dirs(), dtype) / 4;
     let conv = causal_conv1d::backward_workspace_bytes(s, d, c.d_conv) / 4;
     let sums = [d * dm, d * r, n * d].into_iter().map(|mn| gemm::sum_batches_workspace_bytes(s, mn, 1) / 4).max().unwrap_or(0);
     scan.max(conv).max(sums)
@@ -260,7 +260,7 @@ impl<T: Real> MambaBlock<T> {
         let y = plan.add::<T>(format!("{prefix}.y"), &[s, dirs * d, l], Role::Saved)?;
         let chunk_states = plan.add::<f32>(format!("{prefix}.chunk_states"), &[dirs, s, d, l.div_ceil(selective_scan::CHUNK), n], Role::Saved)?;
         let dy = plan.add::<T>(format!("{prefix}.dy"), &[s, dirs * d, l], Role::Workspace)?;
-        let ws = plan.add::<f32>(format!("{prefix}.workspace"), &[ws_elems(&cfg, s, l)], Role::Workspace)?;
+        let ws = plan.add::<f32>(format!("{prefix}.workspace"), &[ws_elems(&cfg, s, l, T::DTYPE)], Role::Workspace)?;
         let cublas_ws = plan.add::<u8>(format!("{prefix}.cublas_workspace"), &[gemm::CUBLAS_WORKSPACE_BYTES], Role::Workspace)?;
         Ok(MambaBlock { cfg, s, l, params, grads, saved, y, chunk_states, scratch, dy, ws, cublas_ws })
     }
@@ -274,7 +274,7 @@ impl<T: Real> MambaBlock<T> {
         let per_dir_acts = (4 * s * d * l + s * r * l + 2 * s * n * l + d * n) * e; // xc z u delta, dt_in, b c, a
         let saved = dirs * per_dir_acts + s * dirs * d * l * e + 4 * dirs * s * d * l.div_ceil(selective_scan::CHUNK) * n;
         let scratch = dirs * per_dir_acts + s * dirs * d * l * e; // du ddelta dz dxc, ddt_in, db dc, da; dy
-        let workspace = scratch + 4 * ws_elems(&cfg, s, l) + gemm::CUBLAS_WORKSPACE_BYTES;
+        let workspace = scratch + 4 * ws_elems(&cfg, s, l, T::DTYPE) + gemm::CUBLAS_WORKSPACE_BYTES;
         Footprint { params, grads: params, saved, workspace }
     }
 
@@ -338,6 +338,10 @@ impl<T: Real> MambaBlock<T> {
         let (d, dirs) = (c.d_inner, c.dirs());
         self.check_io(arena, x, douts, "douts")?;
         self.check_io(arena, dx, &[], "dx")?;
+        // dx is written while x is still read by the weight-gradient sums.
+        if dx.id() == x.id() {
+            return Err(Error::Value { op: OP, arg: "dx", expected: "a buffer other than x".into(), got: "x".into() });
+        }
         if arena.device().gpu().is_some() {
             require_f32::<T>(OP)?;
         }
@@ -388,6 +392,15 @@ impl<T: Real> MambaBlock<T> {
 
     fn check_io(&self, arena: &Arena, x: Buf<T>, outs: &[Buf<T>], what: &'static str) -> Result<()> {
         let want = [self.s, self.l, self.cfg.d_model];
+        // Distinct plan buffers never overlap, so ids decide aliasing. The forward's outputs must
+        // not be its input (later steps read x), nor each other.
+        if what == "outs" {
+            for (k, o) in outs.iter().enumerate() {
+                if o.id() == x.id() || outs[..k].iter().any(|p| p.id() == o.id()) {
+                    return Err(Error::Value { op: OP, arg: "outs", expected: "buffers distinct from x and from each other".into(), got: format!("outs[{k}] repeats a buffer") });
+                }
+            }
+        }
         check_shape(OP, "x", arena.plan().info(x.id())?.shape.dims(), &want, "[S, L, d_model] of the block")?;
         if what == "dx" {
             return Ok(());

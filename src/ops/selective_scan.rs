@@ -128,7 +128,7 @@ pub fn backward_workspace_bytes(dims: Dims, dirs: usize, dtype: DType) -> usize 
 
 /// Whether the backward keeps dB / dC running sums apart from the outputs (bf16, several groups).
 fn needs_acc(dims: Dims, dtype: DType) -> bool {
-    dtype != DType::F32 && dims.d > block_shape(dims.n).1
+    dtype == DType::BF16 && dims.d > block_shape(dims.n).1
 }
 
 /// Launch shape shared by both kernels: (threads per channel, channels per block).
@@ -226,8 +226,8 @@ pub fn selective_scan<T: Real, P: Real>(fwd: &ScanDir<'_, T, P>, rev: Option<&Sc
         Loc::Cuda(gpu) => {
             require_f32_or_bf16::<T>(OP)?;
             require_f32::<P>(OP)?;
-            if dims.d > u32::MAX as usize || dims.l > u32::MAX as usize {
-                return Err(Error::Shape { op: OP, arg: "u", expected: "D, L < 2^32".into(), got: fwd.u.shape().to_vec() });
+            if dims.d * dims.n > i32::MAX as usize || dims.l > u32::MAX as usize {
+                return Err(Error::Shape { op: OP, arg: "u", expected: "D·N < 2^31, L < 2^32".into(), got: fwd.u.shape().to_vec() });
             }
             let (npad, cpb) = block_shape(dims.n);
             let groups = dims.d.div_ceil(cpb) as u64;
@@ -249,11 +249,11 @@ pub fn selective_scan<T: Real, P: Real>(fwd: &ScanDir<'_, T, P>, rev: Option<&Sc
                 concat: (combine == Combine::Concat) as u32,
             };
             let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: ((cpb * npad) as u32, 1, 1), shared_mem_bytes: smem as u32 };
+            let kernel = if T::DTYPE == DType::BF16 { "selective_scan_fwd_bf16" } else { "selective_scan_fwd_f32" };
             // SAFETY: every pointer is a device view on this handle with the shape checked above
             // (or null for an absent optional input); the kernel reads [S, D, L] / [D, N] /
             // [S, N, L] / [D] within those shapes, writes `out` of out_shape, and indexes exactly
             // the shared memory sized here (smem_floats in the kernel header).
-            let kernel = if T::DTYPE == DType::BF16 { "selective_scan_fwd_bf16" } else { "selective_scan_fwd_f32" };
             unsafe { gpu.launch(OP, "selective_scan", kernel, cfg, &p) }
         }
     }
@@ -580,8 +580,8 @@ fn gpu_backward<T: Real, P: Real>(
     grads: [Option<&ScanDirGrads<'_, T, P>>; 2],
 ) -> Result<()> {
     let Dims { s, d, l, n } = dims;
-    if d > u32::MAX as usize || l > u32::MAX as usize || s > i32::MAX as usize {
-        return Err(Error::Shape { op: OP_BWD, arg: "u", expected: "S < 2^31, D, L < 2^32".into(), got: vec![s, d, l] });
+    if d * n > i32::MAX as usize || l > u32::MAX as usize || s > i32::MAX as usize {
+        return Err(Error::Shape { op: OP_BWD, arg: "u", expected: "S < 2^31, D·N < 2^31, L < 2^32".into(), got: vec![s, d, l] });
     }
     let (npad, cpb) = block_shape(n);
     let nwarps = (cpb * npad).div_ceil(32);
@@ -634,12 +634,12 @@ fn gpu_backward<T: Real, P: Real>(
         concat: (combine == Combine::Concat) as u32,
     };
     let cfg = LaunchConfig { grid_dim: (s as u32, 1, 1), block_dim: ((cpb * npad) as u32, 1, 1), shared_mem_bytes: smem as u32 };
+    let kernel = if T::DTYPE == DType::BF16 { "selective_scan_bwd_bf16" } else { "selective_scan_bwd_f32" };
     // SAFETY: inputs, dout, chunk_states and every gradient are device views on this handle with
     // the shapes checked by the caller, activations of the kernel's element type; the workspace
     // holds backward_workspace_bytes (checked) and is carved into the partial arrays above; the
     // kernel indexes exactly the shared memory sized here (see the backward's header comment in
     // the kernel file).
-    let kernel = if T::DTYPE == DType::BF16 { "selective_scan_bwd_bf16" } else { "selective_scan_bwd_f32" };
     unsafe { gpu.launch(OP_BWD, "selective_scan", kernel, cfg, &p)? };
     for (r, g) in grads.iter().enumerate() {
         let Some(g) = g else { continue };
