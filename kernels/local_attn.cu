@@ -217,7 +217,9 @@ __device__ __forceinline__ void attn_bwd_dkdv(const SnugLocalAttnParams& P) {
   int ylo, ylen, xlo, xlen;
   inverse_range(px.y, H, K, zp, ylo, ylen);
   inverse_range(px.x, W, K, zp, xlo, xlen);
-  const int span = zp ? K : K + K / 2;  // longest inverse range along a dimension
+  // Longest inverse range along a dimension: K for ZeroPad; for Shift up to 2K − 1 (in a map of
+  // n <= 2K − 1, key K − 1 lies in every window).
+  const int span = zp ? K : 2 * K - 1;
   const uint64_t plane = px.idx - ((uint64_t)px.y * W + px.x);  // lse / delta index of (b, head, 0, 0)
   for (int ty = 0; ty < span; ++ty) {
     for (int tx = 0; tx < span; ++tx) {
