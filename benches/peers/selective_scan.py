@@ -2,8 +2,9 @@
 """PyTorch peer of benches/selective_scan.rs: the Mamba-1 reference selective scan, eager and compiled.
 
     python3 benches/peers/selective_scan.py [--json PATH] [--reps 20] [--warmup 3] [--budget 10]
-                                            [--slow-eager 10] [--compile-timeout 300]
-                                            [--total-budget 480] [--cases CASE;...]
+                                            [--slow-eager 10] [--eager-bwd-limit 30]
+                                            [--compile-timeout 300] [--total-budget 480]
+                                            [--cases CASE;...]
 
 The scan is written the way mamba_ssm's `selective_scan_ref` writes it (delta_softplus=True, real
 A, B and C of shape (S, N, L), f32): delta = softplus(delta + delta_bias);
@@ -40,7 +41,16 @@ between two CUDA events with L2 flushed before it (a write of a buffer twice the
 median is reported. The Python loop over L=131072 is slow in eager: when an eager first call
 takes more than --slow-eager seconds, that one call is the record (reps 1, with a "note"), and
 torch.compile is skipped for that case (both ops; its dynamo trace would unroll the same loop),
-recorded with "secs": null and an "error" saying why. Peak memory:
+recorded with "secs": null and an "error" saying why. The eager fwd+bwd is worse than slow at
+L=131072: autograd's backward of each step's `deltaA[:, :, i]` and `deltaB_u[:, :, i]` (select)
+makes a zero gradient of the whole (S, D, L, N) tensor and adds it into the accumulated one, so
+the backward moves O(L^2 S D N) bytes (several GB per step for the audio case: minutes on an
+H100). Before each eager fwd+bwd entry, one zero-fill of a full-size tensor is timed on the
+device (outside the entry's peak) and multiplied by 2 * L * directions: when that lower bound
+exceeds --eager-bwd-limit seconds (about 1.5 s for node and edge, 60-100 s for audio), the entry
+is not run but recorded with "secs": null, "error": "skipped: ..." and the bound as "est_secs",
+and torch.compile is skipped for the case (pass a larger --eager-bwd-limit to measure it anyway,
+at the cost of the compile budget). Peak memory:
 torch.cuda.max_memory_allocated() after the timed calls, minus what was allocated when the peak
 was reset just before the entry's tensors were made (the L2-flush buffer, made once, is not
 counted).
@@ -96,6 +106,9 @@ def main():
                     help="seconds the timed calls of one entry may take: reps = min(--reps, budget / first call)")
     ap.add_argument("--slow-eager", type=float, default=10.0,
                     help="an eager first call slower than this is the record (reps 1) and skips torch.compile for the case")
+    ap.add_argument("--eager-bwd-limit", type=float, default=30.0,
+                    help="an eager fwd+bwd whose autograd select-backward lower bound exceeds this many seconds is "
+                         "recorded as skipped (with est_secs) and skips torch.compile for the case")
     ap.add_argument("--compile-timeout", type=float, default=300.0,
                     help="seconds torch.compile may take (compiling call + one more) before it is recorded as failed")
     ap.add_argument("--total-budget", type=float, default=480.0,
@@ -212,6 +225,36 @@ def main():
         del res
         return start.elapsed_time(end) / 1e3
 
+    def select_backward_secs(dims, dirs):
+        """A lower bound of one eager fwd+bwd call: autograd's backward of deltaA[:, :, i] and
+        deltaB_u[:, :, i] (select) makes, per step and tensor, a zero gradient of the whole
+        (S, D, L, N) tensor (then adds it into the accumulated one, not counted here). One such
+        zero-fill is timed (after one untimed, so the allocator holds the block; median of 3) and
+        multiplied by 2 * L * dirs. None when the tensor does not fit in memory."""
+        s, d, n, l = dims
+        shape = (s, d, l, n)
+        g = None
+        try:
+            g = torch.zeros(shape, dtype=torch.float32, device=dev)
+            g = None
+            ts = []
+            for _ in range(3):
+                start.record()
+                g = torch.zeros(shape, dtype=torch.float32, device=dev)
+                end.record()
+                end.synchronize()
+                ts.append(start.elapsed_time(end) / 1e3)
+                g = None
+            return 2 * dirs * l * statistics.median(ts)
+        except Exception as e:  # noqa: BLE001 - only OOM: the entry itself then runs (and is recorded)
+            if not is_oom(torch, e):
+                raise
+            return None
+        finally:
+            del g
+            gc.collect()
+            torch.cuda.empty_cache()
+
     def compile_warm(call, timeout):
         """Runs the compiling call and one more, untimed, under SIGALRM; returns the first's wall time."""
         fired = []
@@ -281,6 +324,20 @@ def main():
                 print(f"{label}: {why}")
                 rec["error"] = why
                 emit(rec)
+                continue
+
+        if backward and not use_compile:
+            est = select_backward_secs(dims, dirs)
+            if est is not None and est > args.eager_bwd_limit:
+                cause = (f"autograd of the per-step deltaA/deltaB_u select would take >= {est:.3g} s a call "
+                         f"(a full (S, D, L, N) zero gradient and add per step, L={dims[3]}; "
+                         f"--eager-bwd-limit {args.eager_bwd_limit:g} s)")
+                print(f"{label}: skipped: {cause}")
+                rec["error"] = f"skipped: {cause}"
+                rec["est_secs"] = est
+                emit(rec)
+                slow.setdefault(case, f"skipped: eager {op} not run ({cause}); dynamo would unroll the same "
+                                      f"loop over L={dims[3]}")
                 continue
 
         gc.collect()

@@ -6,6 +6,7 @@ pub const SNUG_EIGH_MAX_N: u32 = 32;
 pub const SNUG_EIGH_OK: u32 = 0;
 pub const SNUG_EIGH_NONFINITE: u32 = 1;
 pub const SNUG_EIGH_NOT_CONVERGED: u32 = 2;
+pub const SNUG_LN_CHUNK_ROWS: u32 = 4096;
 pub const SNUG_LOCAL_ATTN_MAX_D: u32 = 128;
 pub const SNUG_LOCAL_ATTN_MAX_K: u32 = 13;
 pub const SNUG_SCAN_MAX_N: u32 = 64;
@@ -346,6 +347,75 @@ const _: () = {
         [::core::mem::offset_of!(SnugGemmSumParams, beta) - 36usize];
 };
 impl Default for SnugGemmSumParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugLayerNormParams {
+    pub x: *const ::core::ffi::c_void,
+    pub y: *mut ::core::ffi::c_void,
+    pub gamma: *const f32,
+    pub beta: *const f32,
+    pub mean: *mut f32,
+    pub rstd: *mut f32,
+    pub dy: *const ::core::ffi::c_void,
+    pub dx: *mut ::core::ffi::c_void,
+    pub part: *mut f32,
+    pub dgamma: *mut f32,
+    pub dbeta: *mut f32,
+    pub o: u64,
+    pub i: u64,
+    pub c: u32,
+    pub tpr: u32,
+    pub eps: f32,
+    pub chunks: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugLayerNormParams"][::core::mem::size_of::<SnugLayerNormParams>() - 120usize];
+    ["Alignment of SnugLayerNormParams"][::core::mem::align_of::<SnugLayerNormParams>() - 8usize];
+    ["Offset of field: SnugLayerNormParams::x"]
+        [::core::mem::offset_of!(SnugLayerNormParams, x) - 0usize];
+    ["Offset of field: SnugLayerNormParams::y"]
+        [::core::mem::offset_of!(SnugLayerNormParams, y) - 8usize];
+    ["Offset of field: SnugLayerNormParams::gamma"]
+        [::core::mem::offset_of!(SnugLayerNormParams, gamma) - 16usize];
+    ["Offset of field: SnugLayerNormParams::beta"]
+        [::core::mem::offset_of!(SnugLayerNormParams, beta) - 24usize];
+    ["Offset of field: SnugLayerNormParams::mean"]
+        [::core::mem::offset_of!(SnugLayerNormParams, mean) - 32usize];
+    ["Offset of field: SnugLayerNormParams::rstd"]
+        [::core::mem::offset_of!(SnugLayerNormParams, rstd) - 40usize];
+    ["Offset of field: SnugLayerNormParams::dy"]
+        [::core::mem::offset_of!(SnugLayerNormParams, dy) - 48usize];
+    ["Offset of field: SnugLayerNormParams::dx"]
+        [::core::mem::offset_of!(SnugLayerNormParams, dx) - 56usize];
+    ["Offset of field: SnugLayerNormParams::part"]
+        [::core::mem::offset_of!(SnugLayerNormParams, part) - 64usize];
+    ["Offset of field: SnugLayerNormParams::dgamma"]
+        [::core::mem::offset_of!(SnugLayerNormParams, dgamma) - 72usize];
+    ["Offset of field: SnugLayerNormParams::dbeta"]
+        [::core::mem::offset_of!(SnugLayerNormParams, dbeta) - 80usize];
+    ["Offset of field: SnugLayerNormParams::o"]
+        [::core::mem::offset_of!(SnugLayerNormParams, o) - 88usize];
+    ["Offset of field: SnugLayerNormParams::i"]
+        [::core::mem::offset_of!(SnugLayerNormParams, i) - 96usize];
+    ["Offset of field: SnugLayerNormParams::c"]
+        [::core::mem::offset_of!(SnugLayerNormParams, c) - 104usize];
+    ["Offset of field: SnugLayerNormParams::tpr"]
+        [::core::mem::offset_of!(SnugLayerNormParams, tpr) - 108usize];
+    ["Offset of field: SnugLayerNormParams::eps"]
+        [::core::mem::offset_of!(SnugLayerNormParams, eps) - 112usize];
+    ["Offset of field: SnugLayerNormParams::chunks"]
+        [::core::mem::offset_of!(SnugLayerNormParams, chunks) - 116usize];
+};
+impl Default for SnugLayerNormParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

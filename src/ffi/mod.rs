@@ -37,3 +37,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugGemmSumParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugMambaAParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugLocalAttnParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugLayerNormParams {}

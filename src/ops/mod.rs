@@ -8,6 +8,7 @@ pub mod causal_conv1d;
 pub mod eigh;
 pub mod gemm;
 pub mod laplacian_pe;
+pub mod layer_norm;
 pub mod local_attn;
 pub mod mamba;
 pub mod selective_scan;
