@@ -30,7 +30,8 @@
  *   - float4 (16-byte aligned), __ldg (a plain load), __nv_bfloat16 / __nv_bfloat162 storage with
  *     round-to-nearest-even conversions, and the explicitly rounded __fadd_rn, __fsub_rn,
  *     __fmul_rn, __fdiv_rn, __fsqrt_rn as plain IEEE f32 operations (exact, since the TU is built
- *     with -ffp-contract=off: nothing is contracted into an FMA).
+ *     with -ffp-contract=off: nothing is contracted into an FMA); rsqrtf as 1.0f / sqrtf (within
+ *     1 ulp; CUDA's is within 2 ulp, so the two differ in the last bits).
  *   - Static `__shared__` arrays become function-level statics: correct because blocks run one
  *     after another, but neither poisoned nor bounds-checked.
  *
@@ -93,6 +94,8 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return sqrtf(a); }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+/* CUDA's rsqrtf (an approximation within 2 ulp): here 1 / sqrt rounded twice, within 1 ulp. */
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 
