@@ -6,6 +6,13 @@ pub const SNUG_EIGH_MAX_N: u32 = 32;
 pub const SNUG_EIGH_OK: u32 = 0;
 pub const SNUG_EIGH_NONFINITE: u32 = 1;
 pub const SNUG_EIGH_NOT_CONVERGED: u32 = 2;
+pub const SNUG_ACT_RELU: u32 = 0;
+pub const SNUG_ACT_GELU_TANH: u32 = 1;
+pub const SNUG_ACT_GELU_ERF: u32 = 2;
+pub const SNUG_ACT_SILU: u32 = 3;
+pub const SNUG_ACT_TANH: u32 = 4;
+pub const SNUG_ACT_SOFTPLUS: u32 = 5;
+pub const SNUG_ACT_SIGMOID: u32 = 6;
 pub const SNUG_LN_CHUNK_ROWS: u32 = 4096;
 pub const SNUG_LOCAL_ATTN_MAX_D: u32 = 128;
 pub const SNUG_LOCAL_ATTN_MAX_K: u32 = 13;
@@ -311,6 +318,49 @@ const _: () = {
         [::core::mem::offset_of!(SnugLaplacianPeParams, eps_rel) - 68usize];
 };
 impl Default for SnugLaplacianPeParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugElementwiseParams {
+    pub a: *const ::core::ffi::c_void,
+    pub b: *const ::core::ffi::c_void,
+    pub out: *mut ::core::ffi::c_void,
+    pub n: u64,
+    pub act: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugElementwiseParams"][::core::mem::size_of::<SnugElementwiseParams>() - 48usize];
+    ["Alignment of SnugElementwiseParams"]
+        [::core::mem::align_of::<SnugElementwiseParams>() - 8usize];
+    ["Offset of field: SnugElementwiseParams::a"]
+        [::core::mem::offset_of!(SnugElementwiseParams, a) - 0usize];
+    ["Offset of field: SnugElementwiseParams::b"]
+        [::core::mem::offset_of!(SnugElementwiseParams, b) - 8usize];
+    ["Offset of field: SnugElementwiseParams::out"]
+        [::core::mem::offset_of!(SnugElementwiseParams, out) - 16usize];
+    ["Offset of field: SnugElementwiseParams::n"]
+        [::core::mem::offset_of!(SnugElementwiseParams, n) - 24usize];
+    ["Offset of field: SnugElementwiseParams::act"]
+        [::core::mem::offset_of!(SnugElementwiseParams, act) - 32usize];
+    ["Offset of field: SnugElementwiseParams::alpha"]
+        [::core::mem::offset_of!(SnugElementwiseParams, alpha) - 36usize];
+    ["Offset of field: SnugElementwiseParams::beta"]
+        [::core::mem::offset_of!(SnugElementwiseParams, beta) - 40usize];
+    ["Offset of field: SnugElementwiseParams::reserved"]
+        [::core::mem::offset_of!(SnugElementwiseParams, reserved) - 44usize];
+};
+impl Default for SnugElementwiseParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

@@ -39,3 +39,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugMambaAParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugLocalAttnParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugLayerNormParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugElementwiseParams {}

@@ -6,6 +6,7 @@
 pub mod adamw;
 pub mod causal_conv1d;
 pub mod eigh;
+pub mod elementwise;
 pub mod gemm;
 pub mod laplacian_pe;
 pub mod layer_norm;

@@ -1,0 +1,92 @@
+/* elementwise.cu — activations (forward and backward) and the scaled sum out = alpha a + beta b
+ * (residual connections, LayerScale-free skips), T = f32 or bf16 storage with f32 arithmetic.
+ *
+ * Activations (PyTorch definitions): relu; gelu with the tanh approximation and exact (erf); silu;
+ * tanh; softplus (beta 1, threshold 20: x above 20 passes through); sigmoid. The backward
+ * recomputes f'(x) from the saved input x (saved: x only), dx = dy f'(x).
+ * Floor: act_fwd 2 elements moved, act_bwd 3, axpby 3 (2 with beta = 0). Grid-stride loops.
+ */
+#include "elementwise.h"
+#include "elem.cuh"
+
+namespace {
+
+constexpr float SQRT_2_OVER_PI = 0.7978845608028654f;
+constexpr float INV_SQRT2 = 0.7071067811865476f;
+constexpr float INV_SQRT_2PI = 0.3989422804014327f;
+
+__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
+
+__device__ __forceinline__ float act(uint32_t op, float x) {
+  switch (op) {
+    case SNUG_ACT_RELU: return x > 0.f ? x : 0.f;
+    case SNUG_ACT_GELU_TANH: return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * fmaf(0.044715f * x, x * x, x)));
+    case SNUG_ACT_GELU_ERF: return 0.5f * x * (1.f + erff(x * INV_SQRT2));
+    case SNUG_ACT_SILU: return x * sigm(x);
+    case SNUG_ACT_TANH: return tanhf(x);
+    case SNUG_ACT_SOFTPLUS: return x > 20.f ? x : log1pf(expf(x));
+    default: return sigm(x);
+  }
+}
+
+__device__ __forceinline__ float dact(uint32_t op, float x) {
+  switch (op) {
+    case SNUG_ACT_RELU: return x > 0.f ? 1.f : 0.f;
+    case SNUG_ACT_GELU_TANH: {
+      const float t = tanhf(SQRT_2_OVER_PI * fmaf(0.044715f * x, x * x, x));
+      return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * SQRT_2_OVER_PI * fmaf(3.f * 0.044715f, x * x, 1.f);
+    }
+    case SNUG_ACT_GELU_ERF: return 0.5f * (1.f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
+    case SNUG_ACT_SILU: {
+      const float s = sigm(x);
+      return s * fmaf(x, 1.f - s, 1.f);
+    }
+    case SNUG_ACT_TANH: {
+      const float t = tanhf(x);
+      return 1.f - t * t;
+    }
+    case SNUG_ACT_SOFTPLUS: return x > 20.f ? 1.f : sigm(x);
+    default: {
+      const float s = sigm(x);
+      return s * (1.f - s);
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void act_fwd(const SnugElementwiseParams& P) {
+  const T* a = static_cast<const T*>(P.a);
+  T* out = static_cast<T*>(P.out);
+  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < P.n; i += (uint64_t)gridDim.x * blockDim.x)
+    snug_st(out, i, act(P.act, snug_ld(a, i)));
+}
+
+template <typename T>
+__device__ __forceinline__ void act_bwd(const SnugElementwiseParams& P) {
+  const T* a = static_cast<const T*>(P.a);
+  const T* b = static_cast<const T*>(P.b);
+  T* out = static_cast<T*>(P.out);
+  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < P.n; i += (uint64_t)gridDim.x * blockDim.x)
+    snug_st(out, i, snug_ld(b, i) * dact(P.act, snug_ld(a, i)));
+}
+
+template <typename T>
+__device__ __forceinline__ void axpby(const SnugElementwiseParams& P) {
+  const T* a = static_cast<const T*>(P.a);
+  const T* b = static_cast<const T*>(P.b);
+  T* out = static_cast<T*>(P.out);
+  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < P.n; i += (uint64_t)gridDim.x * blockDim.x) {
+    float v = P.alpha * snug_ld(a, i);
+    if (b != nullptr) v = fmaf(P.beta, snug_ld(b, i), v);
+    snug_st(out, i, v);
+  }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(256) elementwise_act_fwd_f32(const SnugElementwiseParams P) { act_fwd<float>(P); }
+extern "C" __global__ void __launch_bounds__(256) elementwise_act_fwd_bf16(const SnugElementwiseParams P) { act_fwd<__nv_bfloat16>(P); }
+extern "C" __global__ void __launch_bounds__(256) elementwise_act_bwd_f32(const SnugElementwiseParams P) { act_bwd<float>(P); }
+extern "C" __global__ void __launch_bounds__(256) elementwise_act_bwd_bf16(const SnugElementwiseParams P) { act_bwd<__nv_bfloat16>(P); }
+extern "C" __global__ void __launch_bounds__(256) elementwise_axpby_f32(const SnugElementwiseParams P) { axpby<float>(P); }
+extern "C" __global__ void __launch_bounds__(256) elementwise_axpby_bf16(const SnugElementwiseParams P) { axpby<__nv_bfloat16>(P); }
