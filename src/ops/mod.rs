@@ -11,6 +11,7 @@ pub mod gemm;
 pub mod laplacian_pe;
 pub mod layer_norm;
 pub mod local_attn;
+pub mod local_graph_attention;
 pub mod mamba;
 pub mod selective_scan;
 
