@@ -2,7 +2,9 @@
  * (residual connections, LayerScale-free skips), T = f32 or bf16 storage with f32 arithmetic.
  *
  * Activations (PyTorch definitions): relu; gelu with the tanh approximation and exact (erf); silu;
- * tanh; softplus (beta 1, threshold 20: x above 20 passes through); sigmoid. The backward
+ * tanh; softplus (beta 1, threshold 20: x above 20 passes through); sigmoid. Written without
+ * cancellation in the tails: 0.5 (1 + tanh z) as sigm(2z), 0.5 (1 + erf) as erfc/2, 1 - tanh^2 and
+ * s (1 - s) through exp(-|x|) (found by the emulator's f32-vs-f64 checks). The backward
  * recomputes f'(x) from the saved input x (saved: x only), dx = dy f'(x).
  * Floor: act_fwd 2 elements moved, act_bwd 3, axpby 3 (2 with beta = 0). Grid-stride loops.
  */
@@ -19,9 +21,9 @@ __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); 
 
 __device__ __forceinline__ float act(uint32_t op, float x) {
   switch (op) {
-    case SNUG_ACT_RELU: return x > 0.f ? x : 0.f;
-    case SNUG_ACT_GELU_TANH: return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * fmaf(0.044715f * x, x * x, x)));
-    case SNUG_ACT_GELU_ERF: return 0.5f * x * (1.f + erff(x * INV_SQRT2));
+    case SNUG_ACT_RELU: return x > 0.f || x != x ? x : 0.f;  // NaN propagates (PyTorch)
+    case SNUG_ACT_GELU_TANH: return x * sigm(2.f * SQRT_2_OVER_PI * fmaf(0.044715f * x, x * x, x));  // 0.5 x (1 + tanh z) = x sigm(2z)
+    case SNUG_ACT_GELU_ERF: return 0.5f * x * erfcf(-x * INV_SQRT2);
     case SNUG_ACT_SILU: return x * sigm(x);
     case SNUG_ACT_TANH: return tanhf(x);
     case SNUG_ACT_SOFTPLUS: return x > 20.f ? x : log1pf(expf(x));
@@ -33,22 +35,23 @@ __device__ __forceinline__ float dact(uint32_t op, float x) {
   switch (op) {
     case SNUG_ACT_RELU: return x > 0.f ? 1.f : 0.f;
     case SNUG_ACT_GELU_TANH: {
-      const float t = tanhf(SQRT_2_OVER_PI * fmaf(0.044715f * x, x * x, x));
-      return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * SQRT_2_OVER_PI * fmaf(3.f * 0.044715f, x * x, 1.f);
+      const float z2 = 2.f * SQRT_2_OVER_PI * fmaf(0.044715f * x, x * x, x);
+      const float sp = sigm(z2), sm = sigm(-z2);  // (1 + t) / 2, (1 - t) / 2
+      return sp + 2.f * (sp * sm) * x * SQRT_2_OVER_PI * fmaf(3.f * 0.044715f, fminf(x * x, 1e4f), 1.f);
     }
-    case SNUG_ACT_GELU_ERF: return 0.5f * (1.f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
+    case SNUG_ACT_GELU_ERF: return 0.5f * erfcf(-x * INV_SQRT2) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
     case SNUG_ACT_SILU: {
       const float s = sigm(x);
       return s * fmaf(x, 1.f - s, 1.f);
     }
     case SNUG_ACT_TANH: {
-      const float t = tanhf(x);
-      return 1.f - t * t;
+      const float e = expf(-2.f * fabsf(x)), d = 1.f + e;  // 1 - tanh^2 = 4 e / (1 + e)^2
+      return 4.f * e / (d * d);
     }
     case SNUG_ACT_SOFTPLUS: return x > 20.f ? 1.f : sigm(x);
     default: {
-      const float s = sigm(x);
-      return s * (1.f - s);
+      const float e = expf(-fabsf(x)), d = 1.f + e;  // s (1 - s) = e / (1 + e)^2
+      return e / (d * d);
     }
   }
 }

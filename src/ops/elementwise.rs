@@ -22,7 +22,7 @@ const OP_AXPBY: &str = "axpby";
 /// An activation function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Act {
-    /// `max(x, 0)` (gradient 0 at 0).
+    /// `max(x, 0)` (gradient 0 at 0; NaN propagates).
     Relu,
     /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
     GeluTanh,
@@ -55,7 +55,13 @@ impl Act {
     pub fn f(self, x: f64) -> f64 {
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         match self {
-            Act::Relu => x.max(0.0),
+            Act::Relu => {
+                if x.is_nan() {
+                    x
+                } else {
+                    x.max(0.0)
+                }
+            }
             Act::GeluTanh => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
             Act::GeluErf => x * phi(x),
             Act::Silu => x * sig(x),
