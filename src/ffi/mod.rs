@@ -41,3 +41,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugLocalAttnParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugLayerNormParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugElementwiseParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugDmlParams {}

@@ -5,6 +5,7 @@
 
 pub mod adamw;
 pub mod causal_conv1d;
+pub mod dml;
 pub mod eigh;
 pub mod elementwise;
 pub mod gemm;
