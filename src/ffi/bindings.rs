@@ -18,6 +18,7 @@ pub const SNUG_ACT_TANH: u32 = 4;
 pub const SNUG_ACT_SOFTPLUS: u32 = 5;
 pub const SNUG_ACT_SIGMOID: u32 = 6;
 pub const SNUG_LN_CHUNK_ROWS: u32 = 4096;
+pub const SNUG_LINEAR_CHUNK_ROWS: u32 = 4096;
 pub const SNUG_LOCAL_ATTN_MAX_D: u32 = 128;
 pub const SNUG_LOCAL_ATTN_MAX_K: u32 = 13;
 pub const SNUG_SCAN_MAX_N: u32 = 64;
@@ -531,6 +532,53 @@ const _: () = {
         [::core::mem::offset_of!(SnugLayerNormParams, chunks) - 116usize];
 };
 impl Default for SnugLayerNormParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugLinearParams {
+    pub y: *mut ::core::ffi::c_void,
+    pub bias: *const ::core::ffi::c_void,
+    pub dy: *const ::core::ffi::c_void,
+    pub part: *mut f32,
+    pub db: *mut ::core::ffi::c_void,
+    pub rows: u64,
+    pub out: u32,
+    pub chunks: u32,
+    pub db_is_t: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugLinearParams"][::core::mem::size_of::<SnugLinearParams>() - 64usize];
+    ["Alignment of SnugLinearParams"][::core::mem::align_of::<SnugLinearParams>() - 8usize];
+    ["Offset of field: SnugLinearParams::y"][::core::mem::offset_of!(SnugLinearParams, y) - 0usize];
+    ["Offset of field: SnugLinearParams::bias"]
+        [::core::mem::offset_of!(SnugLinearParams, bias) - 8usize];
+    ["Offset of field: SnugLinearParams::dy"]
+        [::core::mem::offset_of!(SnugLinearParams, dy) - 16usize];
+    ["Offset of field: SnugLinearParams::part"]
+        [::core::mem::offset_of!(SnugLinearParams, part) - 24usize];
+    ["Offset of field: SnugLinearParams::db"]
+        [::core::mem::offset_of!(SnugLinearParams, db) - 32usize];
+    ["Offset of field: SnugLinearParams::rows"]
+        [::core::mem::offset_of!(SnugLinearParams, rows) - 40usize];
+    ["Offset of field: SnugLinearParams::out"]
+        [::core::mem::offset_of!(SnugLinearParams, out) - 48usize];
+    ["Offset of field: SnugLinearParams::chunks"]
+        [::core::mem::offset_of!(SnugLinearParams, chunks) - 52usize];
+    ["Offset of field: SnugLinearParams::db_is_t"]
+        [::core::mem::offset_of!(SnugLinearParams, db_is_t) - 56usize];
+    ["Offset of field: SnugLinearParams::reserved"]
+        [::core::mem::offset_of!(SnugLinearParams, reserved) - 60usize];
+};
+impl Default for SnugLinearParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

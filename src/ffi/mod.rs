@@ -43,3 +43,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugLayerNormParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugElementwiseParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugDmlParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugLinearParams {}

@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod laplacian_pe;
 pub mod layer_norm;
+pub mod linear;
 pub mod local_attn;
 pub mod local_graph_attention;
 pub mod mamba;
