@@ -10,7 +10,7 @@
  *        = log(sigmoid(u+) - sigmoid(u-))         if that difference > 1e-5
  *        = um - s_k - 2 softplus(um) - log((2^bits - 1) / 2)   otherwise (mid-point pdf)
  *   loss = -logsumexp_k(lp_k + log_softmax(logits)_k)
- * The difference of sigmoids is formed without cancellation (through the tails when u- > 0).
+ * The difference of sigmoids is formed without cancellation: sigmoid(u+) sigmoid(-u-) (1 - e^-(u+ - u-)).
  * Gradient (w = responsibilities softmax_k(lp + log_softmax(logits)), pi = softmax(logits)):
  *   dlogit_k = pi_k - w_k, dmean_k = -w_k dlp_k/dmean, dlog_scale_k = -w_k dlp_k/ds [raw >= -7],
  * scaled by grad_scale (1, or 1/(B L) for the mean). Saved for backward: nothing — the gradient
@@ -52,13 +52,16 @@ __device__ __forceinline__ Comp component(float x, float mean, float ls_raw, flo
     r.dmean = g * inv;
     r.dls = g * um_;
   } else {
-    // sigmoid(u+) - sigmoid(u-), through the tail on the side where both are close to 1.
-    const float delta = um_ > 0.f ? sigm(-um_) - sigm(-up) : sigm(up) - sigm(um_);
+    // sigmoid(u+) - sigmoid(u-) = sigmoid(u+) sigmoid(-u-) (1 - e^-q), q = u+ - u- = 2 h inv:
+    // no cancellation (at 16 bits the bin mass is ~1e-5 of sigmoids ~0.5), and its log and
+    // derivatives follow term by term.
+    const float q = 2.f * h * inv;
+    const float sp = sigm(up), sm = sigm(-um_), em = -expm1f(-q);
+    const float delta = sp * sm * em;
     if (delta > 1e-5f) {
-      const float dp = sigm(up) * sigm(-up), dm = sigm(um_) * sigm(-um_);  // sigmoid'
-      r.lp = logf(delta);
-      r.dmean = -inv * (dp - dm) / delta;
-      r.dls = -(up * dp - um_ * dm) / delta;
+      r.lp = logf(sp) + logf(sm) + logf(em);
+      r.dmean = -inv * (sigm(-up) - sigm(um_));
+      r.dls = -up * sigm(-up) + um_ * sigm(um_) - q / expm1f(q);
     } else {
       const float mid = inv * c;
       const float t = 1.f - 2.f * sigm(mid);  // d(mid - 2 softplus(mid)) / dmid
@@ -97,13 +100,18 @@ __device__ __forceinline__ void dml_loss(const SnugDmlParams& P) {
     for (int k = 0; k < K; ++k) {
       const float logit = snug_ld(p, (uint64_t)k * P.l);
       const Comp c = component(x, snug_ld(p, (uint64_t)(K + k) * P.l), snug_ld(p, (uint64_t)(2 * K + k) * P.l), h, log_half_bins);
+      // Online log-sum-exps; a -inf term (a switched-off component) leaves them unchanged.
       float mn = fmaxf(ml, logit);
-      sl = sl * expf(ml - mn) + expf(logit - mn);
-      ml = mn;
+      if (mn != -INFINITY) {
+        sl = sl * expf(ml - mn) + expf(logit - mn);
+        ml = mn;
+      }
       const float a = c.lp + logit;
       mn = fmaxf(ma, a);
-      sa = sa * expf(ma - mn) + expf(a - mn);
-      ma = mn;
+      if (mn != -INFINITY) {
+        sa = sa * expf(ma - mn) + expf(a - mn);
+        ma = mn;
+      }
     }
     const float lse_logit = ml + logf(sl), lse_a = ma + logf(sa);
     loss = -(lse_a - lse_logit);
@@ -139,10 +147,11 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-/* Uniform in (0, 1): 24 random bits, centred in their cell (never 0 or 1). */
+/* Uniform in (0, 1): 23 random bits, centred in their cell — (k + 0.5) / 2^23 is exact in f32 and
+ * never 0 or 1 (with 24 bits the top cell would round to 1). */
 __device__ __forceinline__ float uniform(uint64_t seed, uint64_t pos, uint32_t draw) {
   const uint64_t r = mix64(mix64(seed ^ mix64(pos)) + draw);
-  return ((float)(r >> 40) + 0.5f) * (1.f / 16777216.f);
+  return ((float)(r >> 41) + 0.5f) * (1.f / 8388608.f);
 }
 
 template <typename T>
@@ -170,7 +179,8 @@ __device__ __forceinline__ void dml_sample(const SnugDmlParams& P) {
   float x = mean + s * P.temperature * (logf(u) - log1pf(-u));
   x = fminf(fmaxf(x, -1.f), 1.f);
   const float bins = (float)((1u << P.bits) - 1u);
-  P.out[i] = 2.f * rintf((x + 1.f) * 0.5f * bins) / bins - 1.f;
+  // The bin's value (2 k - bins) / bins, correctly rounded (the numerator is exact in f32).
+  P.out[i] = (2.f * rintf((x + 1.f) * 0.5f * bins) - bins) / bins;
 }
 
 template <typename T>

@@ -33,7 +33,7 @@ __device__ __forceinline__ float act(uint32_t op, float x) {
 
 __device__ __forceinline__ float dact(uint32_t op, float x) {
   switch (op) {
-    case SNUG_ACT_RELU: return x > 0.f ? 1.f : 0.f;
+    case SNUG_ACT_RELU: return x > 0.f || x != x ? 1.f : 0.f;  // PyTorch passes dy through at NaN
     case SNUG_ACT_GELU_TANH: {
       const float z2 = 2.f * SQRT_2_OVER_PI * fmaf(0.044715f * x, x * x, x);
       const float sp = sigm(z2), sm = sigm(-z2);  // (1 + t) / 2, (1 - t) / 2

@@ -8,8 +8,9 @@
 //! (`x < −0.999`: `log σ(u⁺)`; `x > 0.999`: `log(1 − σ(u⁻))`), the bin mass `σ(u⁺) − σ(u⁻)` when it
 //! exceeds 1e-5 and the mid-point density `− log((2^bits − 1)/2)` otherwise, mixed with
 //! `log_softmax(logits)` by a stable log-sum-exp; the loss is its negation, per position or
-//! reduced ([`Reduction`]). The bin mass is formed without cancellation (through the tails), a
-//! slight improvement over the float formula of the reference code at identical semantics.
+//! reduced ([`Reduction`]). The bin mass is formed without cancellation, as
+//! `σ(u⁺)·σ(−u⁻)·(1 − e^(−(u⁺−u⁻)))` — the reference's `σ(u⁺) − σ(u⁻)` loses most of its f32 digits
+//! at 16 bits, where the mass is ~1e-5 — at identical semantics.
 //!
 //! [`dml_loss`] writes the loss and, in the same pass, `grad = ∂loss/∂params` (for an upstream
 //! gradient of 1; the mean's `1/(B·L)` included); [`dml_backward`] scales it in place by the
@@ -112,17 +113,20 @@ fn component(x: f64, mean: f64, ls_raw: f64, h: f64, log_half_bins: f64) -> (f64
     let inv = (-s).exp();
     let c = x - mean;
     let (up, um) = (inv * (c + h), inv * (c - h));
-    if x < -0.999 {
+    // The edge thresholds as the kernel (and the reference's f32 code) compares them.
+    if x < -0.999f32 as f64 {
         let g = sig(-up);
         (-softplus(-up), -g * inv, -g * up)
-    } else if x > 0.999 {
+    } else if x > 0.999f32 as f64 {
         let g = sig(um);
         (-softplus(um), g * inv, g * um)
     } else {
-        let delta = if um > 0.0 { sig(-um) - sig(-up) } else { sig(up) - sig(um) };
+        // σ(u⁺) − σ(u⁻) = σ(u⁺)·σ(−u⁻)·(1 − e^(−q)), q = u⁺ − u⁻ = 2h/scale: no cancellation.
+        let q = 2.0 * h * inv;
+        let (sp, sm, em) = (sig(up), sig(-um), -(-q).exp_m1());
+        let delta = sp * sm * em;
         if delta > 1e-5 {
-            let (dp, dm) = (sig(up) * sig(-up), sig(um) * sig(-um));
-            (delta.ln(), -inv * (dp - dm) / delta, -(up * dp - um * dm) / delta)
+            (sp.ln() + sm.ln() + em.ln(), -inv * (sig(-up) - sig(um)), -up * sig(-up) + um * sig(um) - q / q.exp_m1())
         } else {
             let mid = inv * c;
             let t = 1.0 - 2.0 * sig(mid);
@@ -224,7 +228,7 @@ pub fn dml_loss<T: Real, L: Real>(params: View<'_, T>, target: Target<'_>, loss:
             require_f32::<L>(OP)?;
             let n = (b * l) as u64;
             let blocks = n.div_ceil(256);
-            if blocks > i32::MAX as u64 || 3 * k * l > u32::MAX as usize {
+            if blocks > i32::MAX as u64 {
                 return Err(Error::Shape { op: OP, arg: "params", expected: "fewer than 2^39 positions".into(), got: params.shape().to_vec() });
             }
             let ws = match spec.reduction {
@@ -337,10 +341,10 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The kernel's uniform in (0, 1) for (seed, position, draw).
+/// The kernel's uniform in (0, 1) for (seed, position, draw): 23 bits, exact in f32.
 fn uniform(seed: u64, pos: u64, draw: u32) -> f64 {
     let r = mix64(mix64(seed ^ mix64(pos)).wrapping_add(draw as u64));
-    ((r >> 40) as f64 + 0.5) / 16_777_216.0
+    ((r >> 41) as f64 + 0.5) / 8_388_608.0
 }
 
 /// Samples `[B, L]` (values on the bin grid in `[−1, 1]`) from the mixtures in `params`, at
@@ -369,7 +373,8 @@ pub fn dml_sample<T: Real>(params: View<'_, T>, out: ViewMut<'_, f32>, k: usize,
                 let u = uniform(seed, i as u64, k as u32);
                 let scale = p[at(2 * k + best.0)].max(LOG_SCALE_MIN).exp();
                 let x = (p[at(k + best.0)] + scale * tau * (u.ln() - (-u).ln_1p())).clamp(-1.0, 1.0);
-                *o = 2.0 * ((x + 1.0) * 0.5 * bins).round_ties_even() / bins - 1.0;
+                // The bin's value as the kernel writes it: (2k − bins)/bins rounded once to f32.
+                *o = ((2.0 * ((x + 1.0) * 0.5 * bins).round_ties_even() - bins) as f32 / bins as f32) as f64;
             }
             store_f64(OP_SAMPLE, "out", out, &s)
         }

@@ -81,7 +81,7 @@ impl Act {
     pub fn df(self, x: f64) -> f64 {
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         match self {
-            Act::Relu => (x > 0.0) as u8 as f64,
+            Act::Relu => (x > 0.0 || x.is_nan()) as u8 as f64,
             Act::GeluTanh => {
                 let k = (2.0 / std::f64::consts::PI).sqrt();
                 let t = (k * (x + 0.044715 * x * x * x)).tanh();

@@ -68,6 +68,10 @@ fn dims(op: &'static str, shape: &[usize], axis: Axis) -> Result<LnDims> {
     if d.o == 0 || d.c == 0 || d.i == 0 {
         return Err(Error::Shape { op, arg: "x", expected: "no zero-size dimension".into(), got: shape.to_vec() });
     }
+    // The kernels walk C with int counters stepping by up to 32.
+    if d.c > i32::MAX as usize - 32 {
+        return Err(Error::Shape { op, arg: "x", expected: "a normalised dimension below 2^31 - 32".into(), got: shape.to_vec() });
+    }
     Ok(d)
 }
 
@@ -223,7 +227,7 @@ pub fn layer_norm_backward<T: Real, P: Real>(
                         return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: w.len() });
                     }
                     if chunks > 65_535 || d.c > i32::MAX as usize {
-                        return Err(Error::Shape { op: OP_BWD, arg: "x", expected: "fewer than 65,535 × 4,096 rows and C < 2^31".into(), got: x.shape().to_vec() });
+                        return Err(Error::Shape { op: OP_BWD, arg: "x", expected: "at most 65,535 × 4,096 rows".into(), got: x.shape().to_vec() });
                     }
                     w.device_ptr()
                 }

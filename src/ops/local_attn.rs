@@ -138,6 +138,10 @@ fn dims(op: &'static str, shape: &[usize], spec: &LocalAttnSpec) -> Result<Dims>
     if d.b == 0 || d.heads == 0 || d.h == 0 || d.w == 0 || !(1..=MAX_D).contains(&d.d) {
         return Err(Error::Shape { op, arg: "q", expected: format!("B, heads, H, W >= 1 and 1 <= d <= {MAX_D}"), got: shape.to_vec() });
     }
+    // The kernels hold B and heads in u32 and H, W (and positions in them) in int.
+    if d.b > u32::MAX as usize || d.heads > u32::MAX as usize || d.h > i32::MAX as usize || d.w > i32::MAX as usize {
+        return Err(Error::Shape { op, arg: "q", expected: "B, heads < 2^32 and H, W < 2^31".into(), got: shape.to_vec() });
+    }
     if spec.border == Border::Shift && (d.h < k || d.w < k) {
         return Err(Error::Shape { op, arg: "q", expected: format!("a map of at least {k} x {k} for Border::Shift (use ZeroPad for smaller maps)"), got: shape.to_vec() });
     }
@@ -291,10 +295,7 @@ fn params(dm: Dims, spec: &LocalAttnSpec, p: [Option<u64>; 11]) -> SnugLocalAttn
 /// # Safety
 /// `p`'s pointers are device memory on `gpu` as the kernel `local_attn_{which}_{T}` documents.
 unsafe fn launch<T: Real>(gpu: &crate::Gpu, op: &'static str, which: &str, p: &SnugLocalAttnParams) -> Result<()> {
-    let dims = [p.b as u64, p.heads as u64, p.h as u64, p.w as u64];
-    if dims.iter().any(|&x| x > u32::MAX as u64) {
-        return Err(Error::Shape { op, arg: "q", expected: "B, heads, H, W < 2^32".into(), got: dims.iter().map(|&x| x as usize).collect() });
-    }
+    let dims = [p.b as u64, p.heads as u64, p.h as u64, p.w as u64]; // range-checked by dims()
     let threads = dims.iter().product::<u64>() * p.tq as u64;
     let blocks = threads.div_ceil(128);
     if blocks > i32::MAX as u64 {

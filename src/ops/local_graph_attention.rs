@@ -132,7 +132,8 @@ fn param_shapes(c: &LgaConfig) -> [(&'static str, Vec<usize>); 10] {
 /// Elements of the shared f32 workspace (GPU only in use): the largest of the attention's and
 /// the LayerNorms' backward workspaces and the weight-gradient sums' per-image products.
 fn ws_elems(c: &LgaConfig, b: usize, h: usize, w: usize) -> usize {
-    let la = local_attn::backward_workspace_bytes(local_attn::Dims { b, heads: c.heads, h, w, d: c.channels / c.heads }) / 4;
+    // (d does not enter the attention's workspace; footprint() may see an unvalidated config.)
+    let la = local_attn::backward_workspace_bytes(local_attn::Dims { b, heads: c.heads, h, w, d: 1 }) / 4;
     let ln = layer_norm::backward_workspace_bytes(LnDims { o: b, c: c.channels, i: h * w }) / 4;
     let sums = gemm::sum_batches_workspace_bytes(b, c.channels, c.channels.max(c.ffn)) / 4;
     la.max(ln).max(sums)

@@ -188,7 +188,7 @@ def ref_df(act, x):
     z = np.zeros_like(x)
     with np.errstate(all="ignore"):
         if act == 0:
-            return (x > 0.0).astype(np.float64), z
+            return ((x > 0.0) | np.isnan(x)).astype(np.float64), z  # PyTorch passes dy through at NaN
         if act == 1:
             t = np.tanh(K_TANH * (x + 0.044715 * x * x * x))
             t1, t2 = 0.5 * (1.0 + t), 0.5 * x * (1.0 - t * t) * K_TANH * (1.0 + 3.0 * 0.044715 * x * x)
