@@ -79,7 +79,7 @@ __device__ __forceinline__ float target_at(const SnugDmlParams& P, uint64_t i, f
   if (P.target_f != nullptr) return fminf(fmaxf(P.target_f[i], -1.f), 1.f);
   const uint32_t last = (1u << P.bits) - 1u;
   const uint32_t t = P.target_i[i] < last ? P.target_i[i] : last;
-  return 2.f * (float)t * h - 1.f;
+  return (float)(2 * (int32_t)t - (int32_t)last) / (float)last;  // the bin's value, correctly rounded
 }
 
 template <typename T>

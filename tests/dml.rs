@@ -93,10 +93,10 @@ fn values(t: &[u32], bits: u32) -> Vec<f32> {
     bin_values(t, bits).iter().map(|&v| v as f32).collect()
 }
 
-/// Bin centres in f64 (what the twin computes from bin indices).
+/// Bin centres as the twin takes them from bin indices: (2i − last)/last rounded to f32.
 fn bin_values(t: &[u32], bits: u32) -> Vec<f64> {
-    let last = ((1u32 << bits) - 1) as f64;
-    t.iter().map(|&i| 2.0 * i as f64 / last - 1.0).collect()
+    let last = (1i64 << bits) - 1;
+    t.iter().map(|&i| ((2 * i as i64 - last) as f32 / last as f32) as f64).collect()
 }
 
 fn run(p: &[f64], t: &[u32], b: usize, k: usize, l: usize, sp: DmlSpec) -> (Vec<f64>, Vec<f64>) {

@@ -17,6 +17,7 @@ pub const SNUG_ACT_SILU: u32 = 3;
 pub const SNUG_ACT_TANH: u32 = 4;
 pub const SNUG_ACT_SOFTPLUS: u32 = 5;
 pub const SNUG_ACT_SIGMOID: u32 = 6;
+pub const SNUG_GRAD_NORM_CHUNK: u32 = 4096;
 pub const SNUG_LN_CHUNK_ROWS: u32 = 4096;
 pub const SNUG_LINEAR_CHUNK_ROWS: u32 = 4096;
 pub const SNUG_LOCAL_ATTN_MAX_D: u32 = 128;
@@ -463,6 +464,36 @@ const _: () = {
         [::core::mem::offset_of!(SnugGemmSumParams, beta) - 36usize];
 };
 impl Default for SnugGemmSumParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugGradNormParams {
+    pub x: *const ::core::ffi::c_void,
+    pub part: *mut f32,
+    pub out: *mut f32,
+    pub n: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugGradNormParams"][::core::mem::size_of::<SnugGradNormParams>() - 32usize];
+    ["Alignment of SnugGradNormParams"][::core::mem::align_of::<SnugGradNormParams>() - 8usize];
+    ["Offset of field: SnugGradNormParams::x"]
+        [::core::mem::offset_of!(SnugGradNormParams, x) - 0usize];
+    ["Offset of field: SnugGradNormParams::part"]
+        [::core::mem::offset_of!(SnugGradNormParams, part) - 8usize];
+    ["Offset of field: SnugGradNormParams::out"]
+        [::core::mem::offset_of!(SnugGradNormParams, out) - 16usize];
+    ["Offset of field: SnugGradNormParams::n"]
+        [::core::mem::offset_of!(SnugGradNormParams, n) - 24usize];
+};
+impl Default for SnugGradNormParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

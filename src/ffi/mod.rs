@@ -45,3 +45,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugElementwiseParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugDmlParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugLinearParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugGradNormParams {}

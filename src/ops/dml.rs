@@ -3,7 +3,7 @@
 //!
 //! `params: [B, 3K, L]` = `[logits | means | log_scales]` (K ≤ 32 components), targets `[B, L]` in
 //! `[−1, 1]` on `2^bits` bins (8 ≤ bits ≤ 16) given as values ([`Target::Values`]) or bin indices
-//! ([`Target::Bins`], bin `i` at `2i/(2^bits − 1) − 1`). Per position, exactly PixelCNN++'s
+//! ([`Target::Bins`], bin `i` at `2i/(2^bits − 1) − 1`, rounded to f32 as a value target would be). Per position, exactly PixelCNN++'s
 //! one-channel `discretized_mix_logistic_loss`: log-scales clamped at −7, the edge bins
 //! (`x < −0.999`: `log σ(u⁺)`; `x > 0.999`: `log(1 − σ(u⁻))`), the bin mass `σ(u⁺) − σ(u⁻)` when it
 //! exceeds 1e-5 and the mid-point density `− log((2^bits − 1)/2)` otherwise, mixed with
@@ -154,7 +154,9 @@ fn host_targets(op: &'static str, t: &Target<'_>, bits: u32, checked: bool) -> R
                     return Err(Error::Value { op, arg: "target", expected: format!("bin indices < 2^{bits}"), got: bad.to_string() });
                 }
             }
-            Ok(x.iter().map(|&i| 2.0 * i.min(last) as f64 / last as f64 - 1.0).collect())
+            // The bin's value as an f32 target would hold it (and the kernel computes it):
+            // (2i − last)/last rounded once.
+            Ok(x.iter().map(|&i| ((2 * i.min(last) as i64 - last as i64) as f32 / last as f32) as f64).collect())
         }
     }
 }

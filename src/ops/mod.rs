@@ -8,6 +8,7 @@ pub mod causal_conv1d;
 pub mod dml;
 pub mod eigh;
 pub mod elementwise;
+pub mod grad_norm;
 pub mod gemm;
 pub mod laplacian_pe;
 pub mod layer_norm;
