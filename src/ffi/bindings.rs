@@ -248,6 +248,45 @@ impl Default for SnugDmlParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct SnugDropoutParams {
+    pub in_: *const ::core::ffi::c_void,
+    pub out: *mut ::core::ffi::c_void,
+    pub n: u64,
+    pub seed: u64,
+    pub offset: u64,
+    pub p: f32,
+    pub scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugDropoutParams"][::core::mem::size_of::<SnugDropoutParams>() - 48usize];
+    ["Alignment of SnugDropoutParams"][::core::mem::align_of::<SnugDropoutParams>() - 8usize];
+    ["Offset of field: SnugDropoutParams::in_"]
+        [::core::mem::offset_of!(SnugDropoutParams, in_) - 0usize];
+    ["Offset of field: SnugDropoutParams::out"]
+        [::core::mem::offset_of!(SnugDropoutParams, out) - 8usize];
+    ["Offset of field: SnugDropoutParams::n"]
+        [::core::mem::offset_of!(SnugDropoutParams, n) - 16usize];
+    ["Offset of field: SnugDropoutParams::seed"]
+        [::core::mem::offset_of!(SnugDropoutParams, seed) - 24usize];
+    ["Offset of field: SnugDropoutParams::offset"]
+        [::core::mem::offset_of!(SnugDropoutParams, offset) - 32usize];
+    ["Offset of field: SnugDropoutParams::p"]
+        [::core::mem::offset_of!(SnugDropoutParams, p) - 40usize];
+    ["Offset of field: SnugDropoutParams::scale"]
+        [::core::mem::offset_of!(SnugDropoutParams, scale) - 44usize];
+};
+impl Default for SnugDropoutParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct SnugEighParams {
     pub w: *mut f32,
     pub v: *mut f32,

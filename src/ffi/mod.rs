@@ -47,3 +47,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugDmlParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugLinearParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugGradNormParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugDropoutParams {}

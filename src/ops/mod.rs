@@ -6,6 +6,7 @@
 pub mod adamw;
 pub mod causal_conv1d;
 pub mod dml;
+pub mod dropout;
 pub mod eigh;
 pub mod elementwise;
 pub mod grad_norm;
