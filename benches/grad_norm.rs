@@ -1,4 +1,4 @@
-//! Global gradient norm over a V3-sized gradient set (~31.6 M f32 parameters in tensors of mixed
+//! Global gradient norm over a model-sized gradient set (~19.9 M f32 parameters in 48 tensors of mixed
 //! sizes). Memory-bound: floor = read every gradient once (4 B/element).
 
 use criterion::{criterion_group, criterion_main, Criterion};
