@@ -205,11 +205,7 @@ impl<T: Real> LocalGraphAttention<T> {
     }
 
     fn scoped(&self, arena: &mut Arena, f: impl for<'b> FnOnce(&Borrows<'b>, Option<ViewMut<'b, u8>>, Option<ViewMut<'b, f32>>) -> Result<()>) -> Result<()> {
-        let gpu = arena.device().gpu().is_some();
-        let v = arena.borrow();
-        let cw = if gpu { Some(v.write(self.cublas_ws)?) } else { None };
-        let ws = if gpu { Some(v.write(self.ws)?) } else { None };
-        f(&v, cw, ws)
+        super::scoped(arena, self.cublas_ws, self.ws, f)
     }
 
     fn check(&self, arena: &Arena, bufs: &[(&'static str, Buf<T>)]) -> Result<()> {

@@ -282,11 +282,7 @@ impl<T: Real> MambaBlock<T> {
     /// (both `None` on the CPU): one GEMM (or GEMM + batch sum) per scope, so no buffer is
     /// borrowed twice.
     fn scoped(&self, arena: &mut Arena, f: impl for<'b> FnOnce(&Borrows<'b>, Option<ViewMut<'b, u8>>, Option<ViewMut<'b, f32>>) -> Result<()>) -> Result<()> {
-        let gpu = arena.device().gpu().is_some();
-        let v = arena.borrow();
-        let cw = if gpu { Some(v.write(self.cublas_ws)?) } else { None };
-        let ws = if gpu { Some(v.write(self.ws)?) } else { None };
-        f(&v, cw, ws)
+        super::scoped(arena, self.cublas_ws, self.ws, f)
     }
 
     /// Forward: `outs[r] = out_proj_r(...)` `[S, L, d_model]` for each direction from the shared

@@ -20,7 +20,7 @@ pub mod mamba;
 pub mod selective_scan;
 
 use crate::memory::{Loc, View, ViewMut};
-use crate::{Element, Error, Result};
+use crate::{Arena, Borrows, Buf, Element, Error, Result};
 
 /// Float types the CPU twins take: f32 (as the kernels), f64 (the reference) and bf16 storage
 /// (computed in f64, rounded once on store).
@@ -92,4 +92,18 @@ pub(crate) fn check_range(op: &'static str, arg: &'static str, v: f32, ok: bool,
         return Err(Error::Value { op, arg, expected: expected.to_string(), got: v.to_string() });
     }
     Ok(())
+}
+
+/// The GPU workspaces a composed layer lends to its ops: the cuBLAS workspace and a shared f32
+/// workspace.
+pub(crate) type Lent<'b> = (Option<ViewMut<'b, u8>>, Option<ViewMut<'b, f32>>);
+
+/// Runs `f` in a fresh borrow scope of `arena` with the layer's workspaces (`None` on the CPU,
+/// where the twins need none). Composed layers make one op call per scope, so no buffer is ever
+/// borrowed twice in one scope (the arena would refuse it).
+pub(crate) fn scoped(arena: &mut Arena, cublas_ws: Buf<u8>, ws: Buf<f32>, f: impl for<'b> FnOnce(&Borrows<'b>, Option<ViewMut<'b, u8>>, Option<ViewMut<'b, f32>>) -> Result<()>) -> Result<()> {
+    let gpu = arena.device().gpu().is_some();
+    let v = arena.borrow();
+    let lent: Lent<'_> = if gpu { (Some(v.write(cublas_ws)?), Some(v.write(ws)?)) } else { (None, None) };
+    f(&v, lent.0, lent.1)
 }
