@@ -80,12 +80,10 @@ before it failed); the script goes on.
 Without torch or a CUDA device it prints "skipped: no CUDA device" and exits 0.
 """
 
-import argparse
 import gc
-import json
 import math
-import signal
 import statistics
+import os
 import sys
 import time
 
@@ -106,38 +104,11 @@ CASES = [
 DEVICE = "cuda"
 
 
-class CompileTimeout(BaseException):
-    """Raised from SIGALRM while compiling; a BaseException so no `except Exception` swallows it."""
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _peerlib  # noqa: E402 - the shared harness, next to this file
 
-
-def is_oom(torch, e):
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(e, oom):
-        return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-
-
-def first_line(e):
-    s = str(e).strip()
-    return s.splitlines()[0][:500] if s else type(e).__name__
-
-
-def oom_line(e):
-    """The allocator's line of an out-of-memory error (torch.compile may wrap it in its own words)."""
-    for line in str(e).splitlines():
-        if "out of memory" in line.lower():
-            return line.strip()[:500]
-    return first_line(e)
-
-
-def set_tf32(torch, on):
-    """Allows or forbids TF32 in cuBLAS f32 products; returns the name of the setting used."""
-    m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):
-        m.fp32_precision = "tf32" if on else "ieee"
-        return "torch.backends.cuda.matmul.fp32_precision"
-    m.allow_tf32 = on
-    return "torch.backends.cuda.matmul.allow_tf32"
+CompileTimeout = _peerlib.CompileTimeout
+is_oom, first_line, oom_line, set_tf32 = _peerlib.is_oom, _peerlib.first_line, _peerlib.oom_line, _peerlib.set_tf32
 
 
 def dml_fns(torch, F):
@@ -214,52 +185,17 @@ def dml_fns(torch, F):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", metavar="PATH", help="append one JSON line per (op, case, variant) to PATH")
-    ap.add_argument("--reps", type=int, default=20, help="most timed calls per entry (median taken)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed calls first (the first is timed to size reps)")
-    ap.add_argument("--budget", type=float, default=10.0,
-                    help="seconds the timed calls of one entry may take: reps = min(--reps, budget / first call)")
-    ap.add_argument("--compile-timeout", type=float, default=300.0,
-                    help="seconds torch.compile may take (compiling call + one more) before it is recorded as failed")
-    ap.add_argument("--total-budget", type=float, default=480.0,
-                    help="seconds after which no further compile is attempted (compile timeouts are cut to fit)")
-    ap.add_argument("--cases", help="case strings to run, separated by ';' (they contain commas); default: all")
-    args = ap.parse_args()
-
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError as e:
-        print(f"skipped: no CUDA device (torch not importable: {e})")
+    ap, args = _peerlib.parse_args(__doc__, extra=_peerlib.add_compile_args)
+    torch = _peerlib.import_torch()
+    if torch is None:
         return 0
-    if not torch.cuda.is_available():
-        print("skipped: no CUDA device")
-        return 0
+    import torch.nn.functional as F
+    cases = _peerlib.select_cases(ap, args.cases, CASES)
 
-    cases = CASES
-    if args.cases:
-        wanted = [c.strip() for c in args.cases.split(";") if c.strip()]
-        known = [c[0] for c in CASES]
-        unknown = [c for c in wanted if c not in known]
-        if unknown:
-            ap.error(f"unknown case(s) {unknown}; known: {known}")
-        cases = [c for c in CASES if c[0] in wanted]
-
-    t_script = time.monotonic()
-    dev = torch.device(DEVICE, 0)
-    props = torch.cuda.get_device_properties(dev)
-    name = props.name
-    l2 = getattr(props, "L2_cache_size", 0) or (64 << 20)
-    flush = torch.empty(2 * l2, dtype=torch.uint8, device=dev)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    out = open(args.json, "a") if args.json else None
+    h = _peerlib.Harness(torch, DEVICE, args)
+    t_script, dev, name = h.t_script, h.dev, h.name
     tf32_api = set_tf32(torch, False)
-
-    def emit(line):
-        if out:
-            out.write(json.dumps(line) + "\n")
-            out.flush()
+    emit = h.emit
 
     dml_loss, dml_sample = dml_fns(torch, F)
 
@@ -315,59 +251,13 @@ def main():
 
         return call, saved_bytes
 
-    def timed(call, i):
-        flush.fill_(i & 0xFF)
-        start.record()
-        res = call()
-        end.record()
-        end.synchronize()
-        del res
-        return start.elapsed_time(end) / 1e3
-
-    def measure(call):
-        t1 = timed(call, 0)
-        reps = min(args.reps, max(1, int(args.budget / t1)))
-        warm = max(0, args.warmup - 1)
-        if t1 * (warm + reps) > 2 * args.budget:
-            warm = 0
-        times = []
-        for i in range(warm + reps):
-            t = timed(call, i + 1)
-            if i >= warm:
-                times.append(t)
-        return times
+    timed, measure = h.timed, h.time_call
 
     def compile_warm(call, timeout):
-        """Runs the compiling call and one more, untimed, under SIGALRM; returns the first's wall time."""
-        fired = []
-
-        def on_alarm(signum, frame):
-            fired.append(signum)
-            raise CompileTimeout(f"not finished after {timeout:.0f} s")
-
-        old = signal.signal(signal.SIGALRM, on_alarm)
-        signal.alarm(max(1, int(math.ceil(timeout))))
-        try:
-            t0 = time.monotonic()
-            res = call()
-            torch.cuda.synchronize(dev)
-            first = time.monotonic() - t0
-            del res
-            res = call()
-            torch.cuda.synchronize(dev)
-            del res
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, old)
-        if fired:  # the alarm went off but something caught it: still a timeout
-            raise CompileTimeout(f"not finished after {timeout:.0f} s")
-        return first
+        return _peerlib.compile_warm(torch, dev, call, timeout)
 
     def graph_breaks():
-        try:
-            return int(sum(torch._dynamo.utils.counters["graph_break"].values()))
-        except Exception:  # noqa: BLE001 - informational only
-            return None
+        return _peerlib.graph_breaks(torch)
 
     def fresh():
         """Frees what earlier entries left and resets the peak; returns the baseline."""
@@ -496,8 +386,7 @@ def main():
         if use_compile:
             torch._dynamo.reset()
     set_tf32(torch, False)
-    if out:
-        out.close()
+    h.close()
     return 0
 
 

@@ -56,11 +56,11 @@ and the allocator's message; the script goes on.
 Without torch or a CUDA device it prints "skipped: no CUDA device" and exits 0.
 """
 
-import argparse
-import gc
-import json
-import statistics
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _peerlib  # noqa: E402 - the shared harness, next to this file
 
 OP_GEMM = "gemm"
 OP_SUM = "gemm_sum_batches"
@@ -75,77 +75,26 @@ METHODS = {
     OP_SUM: ["torch.matmul+sum", "autograd of torch.matmul", "torch.einsum"],
 }
 TF32_SUFFIX = " TF32 (info)"
-
-
-def is_oom(torch, e):
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(e, oom):
-        return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-
-
-def first_line(e):
-    s = str(e).strip()
-    return s.splitlines()[0][:500] if s else type(e).__name__
-
-
-def set_tf32(torch, on):
-    """Allows or forbids TF32 in cuBLAS f32 products; returns the name of the setting used."""
-    m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):
-        m.fp32_precision = "tf32" if on else "ieee"
-        return "torch.backends.cuda.matmul.fp32_precision"
-    m.allow_tf32 = on
-    return "torch.backends.cuda.matmul.allow_tf32"
+# The device the entries run on. A CPU test harness (with a stand-in for torch.cuda) may point
+# it at "cpu"; benches always run on "cuda".
+DEVICE = "cuda"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", metavar="PATH", help="append one JSON line per (op, case, variant) to PATH")
-    ap.add_argument("--reps", type=int, default=20, help="most timed calls per entry (median taken)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed calls first (the first is timed to size reps)")
-    ap.add_argument("--budget", type=float, default=10.0,
-                    help="seconds the timed calls of one entry may take: reps = min(--reps, budget / first call)")
-    ap.add_argument("--cases", help="case strings to run, separated by ';' (they contain commas); default: all")
-    args = ap.parse_args()
-
-    try:
-        import torch
-    except ImportError as e:
-        print(f"skipped: no CUDA device (torch not importable: {e})")
+    ap, args = _peerlib.parse_args(__doc__)
+    torch = _peerlib.import_torch()
+    if torch is None:
         return 0
-    if not torch.cuda.is_available():
-        print("skipped: no CUDA device")
-        return 0
-
-    cases = CASES
-    if args.cases:
-        wanted = [c.strip() for c in args.cases.split(";") if c.strip()]
-        known = [c[0] for c in CASES]
-        unknown = [c for c in wanted if c not in known]
-        if unknown:
-            ap.error(f"unknown case(s) {unknown}; known: {known}")
-        cases = [c for c in CASES if c[0] in wanted]
-
-    dev = torch.device("cuda", 0)
-    props = torch.cuda.get_device_properties(dev)
-    name = props.name
-    l2 = getattr(props, "L2_cache_size", 0) or (64 << 20)
-    flush = torch.empty(2 * l2, dtype=torch.uint8, device=dev)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    out = open(args.json, "a") if args.json else None
+    cases = _peerlib.select_cases(ap, args.cases, CASES)
+    h = _peerlib.Harness(torch, DEVICE, args)
+    dev = h.dev
 
     # cuBLAS's handle and workspace are made by the first product: make them before any baseline.
-    set_tf32(torch, False)
+    _peerlib.set_tf32(torch, False)
     e = torch.ones((2, 8, 8), dtype=torch.float32, device=dev)
     warm = (torch.matmul(e[0], e), torch.matmul(e, e).sum(0))
     del e, warm
     torch.cuda.synchronize(dev)
-
-    def emit(line):
-        if out:
-            out.write(json.dumps(line) + "\n")
-            out.flush()
 
     def make_call(op, method, s, dm, d2, l):
         gen = torch.Generator(device=dev).manual_seed(1)
@@ -197,97 +146,17 @@ def main():
 
         return call, check
 
-    def timed(call, i):
-        flush.fill_(i & 0xFF)
-        start.record()
-        res = call()
-        end.record()
-        end.synchronize()
-        del res
-        return start.elapsed_time(end) / 1e3
-
     for case, s, dm, d2, l in cases:
         flops = 2.0 * s * d2 * dm * l
         for op in (OP_GEMM, OP_SUM):
             for k, method in enumerate(METHODS[op]):
                 for tf32 in (False, True) if k == 0 else (False,):
                     variant = method + (TF32_SUFFIX if tf32 else "")
-                    label = f"peer {op} [{case}] torch {variant} on {name}"
-                    api = set_tf32(torch, tf32)
-                    rec = {
-                        "source": "torch",
-                        "op": op,
-                        "case": case,
-                        "variant": variant,
-                        "device": name,
-                        "secs": None,
-                        "min_secs": None,
-                        "reps": 0,
-                        "peak_bytes": None,
-                        "torch": torch.__version__,
-                        "allow_tf32": tf32,
-                        "tf32_api": api,
-                        "flops": flops,
-                    }
-
-                    gc.collect()
-                    torch.cuda.empty_cache()
-                    torch.cuda.synchronize(dev)
-                    torch.cuda.reset_peak_memory_stats(dev)
-                    baseline = torch.cuda.memory_allocated(dev)
-
-                    call = check = None
-                    try:
-                        call, check = make_call(op, method, s, dm, d2, l)
-                        t1 = timed(call, 0)
-                        reps = min(args.reps, max(1, int(args.budget / t1)))
-                        warm = max(0, args.warmup - 1)
-                        if t1 * (warm + reps) > 2 * args.budget:
-                            warm = 0
-                        times = []
-                        for i in range(warm + reps):
-                            t = timed(call, i + 1)
-                            if i >= warm:
-                                times.append(t)
-                        torch.cuda.synchronize(dev)
-                        peak = torch.cuda.max_memory_allocated(dev) - baseline
-                    except Exception as e:  # noqa: BLE001 - only OOM is recorded; anything else re-raises
-                        if not is_oom(torch, e):
-                            raise
-                        msg = first_line(e)
-                        rec.update({"peak_bytes": torch.cuda.max_memory_allocated(dev) - baseline,
-                                    "error": "OOM", "message": msg})
-                        print(f"{label}: OOM: {msg}")
-                        emit(rec)
-                        del call, check
-                        gc.collect()
-                        torch.cuda.empty_cache()
-                        continue
-
-                    # Accuracy against f64, untimed and after the peak was read.
-                    rel_err = None
-                    try:
-                        res = call()
-                        rel_err = check(res)
-                        del res
-                    except Exception as e:  # noqa: BLE001 - informational only
-                        if not is_oom(torch, e):
-                            raise
-                        rec["check_error"] = f"OOM: {first_line(e)}"
-
-                    secs = statistics.median(times)
-                    err_txt = f", max err {rel_err:.2e} of max |f64|" if rel_err is not None else ""
-                    print(
-                        f"{label}: {secs * 1e6:.3f} us (median of {len(times)}, min {min(times) * 1e6:.3f} us), "
-                        f"{flops / secs / 1e12:.2f} TFLOP/s, peak {peak / (1 << 20):.2f} MiB{err_txt}"
-                    )
-                    rec.update({"secs": secs, "min_secs": min(times), "reps": len(times), "peak_bytes": peak,
-                                "rel_err": rel_err})
-                    emit(rec)
-                    del call, check
-    set_tf32(torch, False)
-    if out:
-        out.close()
+                    api = _peerlib.set_tf32(torch, tf32)
+                    rec = h.record(op, case, variant, allow_tf32=tf32, tf32_api=api, flops=flops)
+                    h.run_entry(rec, lambda: make_call(op, method, s, dm, d2, l))
+    _peerlib.set_tf32(torch, False)
+    h.close()
     return 0
 
 
