@@ -79,7 +79,7 @@ fn first_step_matches_closed_form() {
     let (lr, wd, eps) = (cfg.lr as f64, cfg.weight_decay as f64, cfg.eps as f64);
     let want: Vec<f64> = p0.iter().zip(&g).map(|(p, g)| p * (1.0 - lr * wd) - lr * g / (g.abs() + eps)).collect();
     assert_close("closed form", &s.p, &want, Tol { atol: 1e-12, rtol: 1e-12 });
-    let b: Vec<f64> = s.p.iter().map(|&x| bf16::from_f64(x).to_f64()).collect();
+    let b: Vec<f64> = s.p.iter().map(|&x| snug::ops::bf16_rne(x).to_f64()).collect();
     assert_close("bf16 copy", &s.b, &b, Tol { atol: 0.0, rtol: 0.0 });
 }
 

@@ -1,11 +1,15 @@
 //! DML loss: the f64 twin against a literal transcription of PixelCNN++'s formula (every branch,
 //! extreme logits and log-scales), gradients vs finite differences, bins vs values, reductions and
 //! the upstream scaling; the sampler against the mixture's bin probabilities (chi-square) and
-//! determinism; the GPU kernels against the twin; bad input.
+//! determinism; the GPU kernels against the twin; bad input. Samples drawn in f32 (the kernel) may
+//! differ from the twin's f64 draws only at a decision boundary — a near-tie of two components'
+//! Gumbel scores, or a continuous sample within rounding distance of a bin edge — and every such
+//! difference is recomputed and must be explained by a bounded f32 error (`explain`); the checker
+//! itself is tested on the host against an f32 transcription of the kernel.
 
 #![allow(clippy::needless_range_loop)]
 
-use snug::ops::dml::{dml_backward, dml_loss, dml_sample, loss_workspace_bytes, DmlSpec, Reduction, Target};
+use snug::ops::dml::{dml_backward, dml_loss, dml_sample, loss_workspace_bytes, uniform as draw_uniform, DmlSpec, Reduction, Target};
 use snug::testing::{gpu_or_skip, poison, randn, rng, uniform};
 use snug::{Arena, Error, Plan, Role, View, ViewMut};
 
@@ -300,11 +304,351 @@ fn bad_input_is_a_typed_error() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Samples at decision boundaries: why a kernel's sample may differ from the twin's.
+//
+// The kernel draws in f32 what the twin draws in f64, from the same params and the same uniforms
+// (23-bit, exact in both). Only two steps are discontinuous: the Gumbel argmax over components and
+// the rounding to a bin. (The clamp to [−1, 1] is continuous, and both sides of ±1 fall in the edge
+// bins.) Anywhere else f32 moves the sample within its bin. So a kernel sample that differs from
+// the twin's is legitimate exactly when the f32 evaluation could land on the other side of one of
+// those discontinuities: a component whose score is within the f32 error of the winner's (and the
+// kernel took that component's sample), or a continuous sample within its f32 error of a bin edge
+// (and the kernel took the bin across it). `explain` recomputes the draw in f64 exactly as the twin
+// makes it (checking that it reproduces the twin's value), bounds the f32 error of each quantity
+// from the operations the kernel performs, and accepts a difference only when the kernel's value
+// is a bin those bounds allow.
+//
+// Bounds, with ε = 2^-24 (f32 unit roundoff; one ulp ≤ 2ε|v|). + − × ÷ are correctly rounded
+// (ε|result|); CUDA's logf and log1pf are within 1 ulp, expf within 2 ulp (CUDA C Programming
+// Guide, mathematical functions; build.rs does not use fast-math); the uniforms are exact.
+// - Gumbel score v = a − g, a = logit/τ, g = ln(−ln u): a is within ε|a|; −ln u within 2ε
+//   relative, so its log within 2ε absolute, plus logf's own 2ε|g|; the subtraction ε(|a| + |g|):
+//   |δv| ≤ ε(2|a| + 3|g| + 2). Two components can trade places only if their gap ≤ δv₁ + δv₂.
+// - Sample x = μ + s·τ·ℓ, s = exp(max(log_scale, −7)), ℓ = ln u − ln(1 − u), Λ = |ln u| + |ln(1 − u)|:
+//   s within 4ε relative, ℓ within 2εΛ + ε|ℓ| ≤ 3εΛ, the two products 2ε: s·τ·ℓ within 9ε·sτΛ; the
+//   sum ε(|μ| + sτΛ): |δx| ≤ ε(|μ| + 10 sτΛ). The clamp is 1-Lipschitz. z = (x + 1)·½·bins (the bin
+//   is rint(z)): x + 1 within 2ε, × bins within ε·bins, so |δz| ≤ ε·(bins/2)·(|μ| + 10 sτΛ + 4) bins.
+// Both are worst cases (every operation off by its maximum, all in the same direction), taken with
+// a margin of `MARGIN` = 4 for what the model leaves out (second-order terms, a libm's log1pf at 2
+// ulp, the twin's own f64 rounding). Typically a gap is allowed 2e-6 to 1e-5 — the order of
+// 1e-5·(1 + |v|) — and z ~0.04 bins at 16 bits, ~1.5e-4 at 8. Against the f32 transcription
+// below (glibc's logf/expf/log1pf), over ~3700 boundary crossings, the largest error seen is 1/8
+// of the allowance (half the unmargined bound): the bounds are tight enough to mean something and
+// loose enough for CUDA's up-to-2-ulp functions.
+// A real bug (a wrong clamp, draw, temperature, rounding) moves samples by amounts unrelated to
+// these bounds and shows as unexplained differences or as more than the allowed fraction
+// (`unexplained_differences_are_caught`).
+
+/// f32 unit roundoff.
+const EPS32: f64 = 1.0 / 16_777_216.0;
+/// Safety factor on the worst-case f32 error bounds.
+const MARGIN: f64 = 4.0;
+
+/// Sampling sweep of the GPU test and its host mirror: (K, bits, τ, seed, L).
+const SAMPLE_SWEEP: [(usize, u32, f32, u64, usize); 4] = [(1, 16, 1.0, 11, 1 << 17), (6, 8, 1.0, 12, 1 << 17), (10, 16, 0.7, 13, 1 << 15), (32, 8, 1.3, 14, 1 << 13)];
+/// Boundary sweep: (K, bits, τ, seed).
+const BOUNDARY_SWEEP: [(usize, u32, f32, u64); 3] = [(2, 16, 1.0, 15), (6, 8, 1.0, 16), (3, 16, 0.7, 17)];
+
+/// `params` rounded to f32 (what an f32 kernel reads), as f64.
+fn f32_params(seed: u64, b: usize, k: usize, l: usize) -> Vec<f64> {
+    params(seed, b, k, l).iter().map(|&v| v as f32 as f64).collect()
+}
+
+fn twin_samples(p: &[f64], b: usize, k: usize, l: usize, bits: u32, seed: u64, tau: f32) -> Vec<f32> {
+    let mut out = vec![0.0f32; b * l];
+    dml_sample(View::host(p, &[b, 3 * k, l]).unwrap(), ViewMut::host(&mut out, &[b, l]).unwrap(), k, bits, seed, tau).unwrap();
+    out
+}
+
+/// Bin `j`'s value as both samplers write it: (2j − bins)/bins rounded once to f32.
+fn bin_value(j: f64, bins: f64) -> f32 {
+    (2.0 * j - bins) as f32 / bins as f32
+}
+
+/// One position's draw recomputed in f64 exactly as the twin makes it, with the f32 error bounds.
+struct Redraw {
+    /// Per component: Gumbel score and the bound on its f32 error.
+    score: Vec<(f64, f64)>,
+    /// Per component: z = (clamp(x) + 1)·bins/2 (the bin is its nearest integer, ties to even) if
+    /// that component is drawn, and the bound on its f32 error, in bins.
+    z: Vec<(f64, f64)>,
+    /// The twin's component (the first maximum).
+    best: usize,
+}
+
+fn redraw(p: &[f64], k: usize, l: usize, bits: u32, seed: u64, tau: f32, i: usize) -> Redraw {
+    let (bb, ll) = (i / l, i % l);
+    let at = |j: usize| p[(bb * 3 * k + j) * l + ll];
+    let (bins, tau) = (((1u64 << bits) - 1) as f64, tau as f64);
+    let (mut score, mut best) = (Vec::with_capacity(k), (0usize, f64::NEG_INFINITY));
+    for c in 0..k {
+        let a = at(c) / tau;
+        let g = (-draw_uniform(seed, i as u64, c as u32).ln()).ln();
+        let v = a - g;
+        if v > best.1 {
+            best = (c, v);
+        }
+        score.push((v, MARGIN * EPS32 * (2.0 * a.abs() + 3.0 * g.abs() + 2.0)));
+    }
+    let u = draw_uniform(seed, i as u64, k as u32);
+    let (lu, l1u) = (u.ln(), (-u).ln_1p());
+    let z = (0..k).map(|c| {
+        let (mean, s) = (at(k + c), at(2 * k + c).max(-7.0).exp());
+        let x = (mean + s * tau * (lu - l1u)).clamp(-1.0, 1.0);
+        ((x + 1.0) * 0.5 * bins, MARGIN * EPS32 * 0.5 * bins * (mean.abs() + 10.0 * s * tau * (lu.abs() + l1u.abs()) + 4.0))
+    }).collect();
+    Redraw { score, z, best: best.0 }
+}
+
+/// Why the kernel's sample `got` at position `i` may differ from the twin's `want`:
+/// `Ok((component tie?, reason))`, or `Err(why it cannot be f32 rounding)`.
+#[allow(clippy::too_many_arguments)]
+fn explain(p: &[f64], k: usize, l: usize, bits: u32, seed: u64, tau: f32, i: usize, got: f32, want: f32) -> Result<(bool, String), String> {
+    let bins = ((1u64 << bits) - 1) as f64;
+    let r = redraw(p, k, l, bits, seed, tau, i);
+    let (z1, ez1) = r.z[r.best];
+    let twin_bin = z1.round_ties_even();
+    if bin_value(twin_bin, bins) != want {
+        return Err(format!("the f64 recomputation gives bin {twin_bin} ({}), not the twin's value", bin_value(twin_bin, bins)));
+    }
+    let j = ((got as f64 + 1.0) * 0.5 * bins).round();
+    if !(0.0..=bins).contains(&j) || bin_value(j, bins) != got {
+        return Err("not a bin value".into());
+    }
+    let (v1, e1) = r.score[r.best];
+    // Candidates: the twin's component, then the others by score.
+    let mut order: Vec<usize> = (0..k).filter(|&c| c != r.best).collect();
+    order.sort_by(|&a, &b| r.score[b].0.total_cmp(&r.score[a].0));
+    order.insert(0, r.best);
+    for c in order {
+        let (v, e) = r.score[c];
+        if c != r.best && v1 - v > e1 + e {
+            continue; // cannot beat the twin's component in f32
+        }
+        let (z, ez) = r.z[c];
+        // Bin j is reachable iff its rounding interval [j − ½, j + ½] comes within ez of z.
+        let outside = (j - z).abs() - 0.5;
+        if outside > ez {
+            continue;
+        }
+        let mut why = String::new();
+        if c != r.best {
+            why += &format!("component tie: score {v1:.9} of component {} vs {v:.9} of {c}, gap {:.2e} within the f32 bound {:.2e}; kernel took {c} (z = {z:.4})", r.best, v1 - v, e1 + e);
+        }
+        if j != z.round_ties_even() {
+            if !why.is_empty() {
+                why += ", then ";
+            }
+            why += &format!("bin edge: z = {z:.6} lies {:.2e} bins from bin {j} (f32 bound {ez:.2e} bins)", outside.max(0.0));
+        }
+        return Ok((c != r.best, why));
+    }
+    let mut top: Vec<(usize, f64)> = r.score.iter().map(|s| s.0).enumerate().collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Err(format!("kernel bin {j}, twin bin {twin_bin} from component {} at z = {z1:.6} (f32 bound {ez1:.2e} bins); scores {:?} (bound on the leader's error {e1:.2e})", r.best, &top[..k.min(3)]))
+}
+
+/// What a comparison of a kernel's samples with the twin's found.
+#[derive(Debug, Default)]
+struct Verdict {
+    mismatches: usize,
+    /// Explained by a bin edge alone.
+    edges: usize,
+    /// Explained by a component tie.
+    ties: usize,
+    unexplained: Vec<String>,
+}
+
+/// Explains every sample where `got` differs from the twin's `want`, printing each (the first
+/// `print` explained ones and the first 100 unexplained ones) and a summary.
+#[allow(clippy::too_many_arguments)]
+fn compare_samples(what: &str, p: &[f64], k: usize, l: usize, bits: u32, seed: u64, tau: f32, got: &[f32], want: &[f32], print: usize) -> Verdict {
+    let mut v = Verdict::default();
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if g == w {
+            continue;
+        }
+        v.mismatches += 1;
+        match explain(p, k, l, bits, seed, tau, i, g, w) {
+            Ok((tie, why)) => {
+                if tie {
+                    v.ties += 1;
+                } else {
+                    v.edges += 1;
+                }
+                if v.edges + v.ties <= print {
+                    eprintln!("{what}: sample {i}: kernel {g} vs twin {w}: {why}");
+                }
+            }
+            Err(why) => {
+                let m = format!("{what}: sample {i}: kernel {g} vs twin {w}: UNEXPLAINED: {why}");
+                if v.unexplained.len() < 100 {
+                    eprintln!("{m}");
+                }
+                v.unexplained.push(m);
+            }
+        }
+    }
+    let n = got.len();
+    let more = if v.edges + v.ties > print || v.unexplained.len() > 100 { " (not all printed)" } else { "" };
+    eprintln!("{what}: {} of {n} samples differ from the twin ({:.3}%): {} at a bin edge, {} at a component tie, {} unexplained{more}", v.mismatches, 100.0 * v.mismatches as f64 / n as f64, v.edges, v.ties, v.unexplained.len());
+    v
+}
+
+/// Every difference from the twin explained by f32 rounding at a decision boundary, and at most
+/// `max_frac` of the samples different.
+#[allow(clippy::too_many_arguments)]
+fn assert_samples(what: &str, p: &[f64], k: usize, l: usize, bits: u32, seed: u64, tau: f32, got: &[f32], want: &[f32], max_frac: f64, print: usize) -> Verdict {
+    let v = compare_samples(what, p, k, l, bits, seed, tau, got, want, print);
+    assert!(v.unexplained.is_empty(), "{what}: {} of {} samples that differ from the twin are not f32 rounding at a decision boundary:\n{}", v.unexplained.len(), v.mismatches, v.unexplained.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(v.mismatches as f64 <= max_frac * got.len() as f64, "{what}: {} of {} samples differ from the twin (at most {}% may)", v.mismatches, got.len(), 100.0 * max_frac);
+    v
+}
+
+/// `kernels/dml.cu`'s `dml_sample` transcribed in f32 (libm's logf, log1pf, expf; correctly
+/// rounded arithmetic): the host stand-in for the GPU, with the same kind of rounding. `ls_min` is
+/// the log-scale clamp (−7; another value emulates a bug).
+#[allow(clippy::too_many_arguments)]
+fn sample_f32(p: &[f64], b: usize, k: usize, l: usize, bits: u32, seed: u64, tau: f32, ls_min: f32) -> Vec<f32> {
+    let bins = ((1u32 << bits) - 1) as f32;
+    (0..b * l).map(|i| {
+        let (bb, ll) = (i / l, i % l);
+        let at = |j: usize| {
+            let v = p[(bb * 3 * k + j) * l + ll];
+            assert_eq!(v as f32 as f64, v, "params must be f32 values");
+            v as f32
+        };
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for c in 0..k {
+            let u = draw_uniform(seed, i as u64, c as u32) as f32;
+            let v = at(c) / tau - (-u.ln()).ln();
+            if v > best.1 {
+                best = (c, v);
+            }
+        }
+        let u = draw_uniform(seed, i as u64, k as u32) as f32;
+        let s = at(2 * k + best.0).max(ls_min).exp();
+        let x = (at(k + best.0) + s * tau * (u.ln() - (-u).ln_1p())).clamp(-1.0, 1.0);
+        (2.0 * ((x + 1.0) * 0.5 * bins).round_ties_even() - bins) / bins
+    }).collect()
+}
+
+/// f32 params whose draws (for `seed`, `tau`) sit on the sampler's decision boundaries: at even
+/// positions components 0 and 1 lead with Gumbel scores tied to within ~1e-6 and means a bin
+/// range apart (a flip lands far away); at odd positions component 0 wins by far and its sample
+/// lies within ~1e-6 of a bin edge. The other logits are −60: out of the running.
+fn boundary_params(b: usize, k: usize, l: usize, bits: u32, seed: u64, tau: f32) -> Vec<f64> {
+    assert!(k >= 2);
+    let mut p = f32_params(seed ^ 0xb0, b, k, l);
+    let d = uniform(&mut rng(seed ^ 0xb1), 2 * b * l, -1.0, 1.0);
+    let (bins, tau) = (((1u64 << bits) - 1) as f64, tau as f64);
+    let r32 = |v: f64| v as f32 as f64;
+    for i in 0..b * l {
+        let (bb, ll) = (i / l, i % l);
+        let at = |j: usize| (bb * 3 * k + j) * l + ll;
+        let g = |c: usize| (-draw_uniform(seed, i as u64, c as u32).ln()).ln();
+        let (d0, d1) = (d[2 * i] as f64, d[2 * i + 1] as f64);
+        for c in 2..k {
+            p[at(c)] = -60.0;
+        }
+        if i % 2 == 0 {
+            p[at(0)] = r32(2.0 * d1);
+            p[at(1)] = r32(tau * (p[at(0)] / tau - g(0) + g(1) + 1e-6 * d0));
+            p[at(k)] = -0.5;
+            p[at(k + 1)] = 0.5;
+        } else {
+            p[at(0)] = 60.0;
+            p[at(1)] = -60.0;
+            let u = draw_uniform(seed, i as u64, k as u32);
+            let s = p[at(2 * k)].max(-7.0).exp();
+            let j = (bins * (0.125 + 0.375 * (d1 + 1.0))).floor();
+            let edge = (2.0 * j + 1.0) / bins - 1.0;
+            p[at(k)] = r32(edge - s * tau * (u.ln() - (-u).ln_1p()) + 1e-6 * d0);
+        }
+    }
+    p
+}
+
+#[test]
+fn f32_sampler_differs_from_the_twin_only_at_decision_boundaries() {
+    // The GPU test's cases and sweep, with the f32 transcription in place of the kernel: random
+    // params, so few samples differ, all explained.
+    let mut edges = 0;
+    for (b, k, l, bits) in [(2usize, 6usize, 1000usize, 8u32), (1, 10, 16_001, 8), (3, 1, 333, 16), (1, 32, 257, 8)] {
+        let p = f32_params(21 + k as u64, b, k, l);
+        let (got, want) = (sample_f32(&p, b, k, l, bits, 7, 1.0, -7.0), twin_samples(&p, b, k, l, bits, 7, 1.0));
+        edges += assert_samples(&format!("host f32 B={b} K={k} L={l} bits={bits} seed=7 τ=1"), &p, k, l, bits, 7, 1.0, &got, &want, 0.01, usize::MAX).edges;
+    }
+    for (k, bits, tau, seed, l) in SAMPLE_SWEEP {
+        let p = f32_params(31 + k as u64, 2, k, l);
+        let (got, want) = (sample_f32(&p, 2, k, l, bits, seed, tau, -7.0), twin_samples(&p, 2, k, l, bits, seed, tau));
+        edges += assert_samples(&format!("host f32 B=2 K={k} L={l} bits={bits} seed={seed} τ={tau}"), &p, k, l, bits, seed, tau, &got, &want, 0.01, 20).edges;
+    }
+    assert!(edges > 0, "no sample crossed a bin edge: the check was not exercised");
+}
+
+#[test]
+fn boundary_draws_differ_often_and_every_difference_is_explained() {
+    // Params on the decision boundaries: the f32 transcription differs from the twin on a good
+    // share of positions, by ties and by edges, and the bounds explain every one.
+    for (k, bits, tau, seed) in BOUNDARY_SWEEP {
+        let (b, l) = (2usize, 1usize << 14);
+        let p = boundary_params(b, k, l, bits, seed, tau);
+        let (got, want) = (sample_f32(&p, b, k, l, bits, seed, tau, -7.0), twin_samples(&p, b, k, l, bits, seed, tau));
+        let v = assert_samples(&format!("host boundary B={b} K={k} L={l} bits={bits} seed={seed} τ={tau}"), &p, k, l, bits, seed, tau, &got, &want, 1.0, 10);
+        assert!(v.ties >= 20 && v.edges >= 20, "K={k} bits={bits}: only {} ties and {} edges differ: the boundaries are not exercised", v.ties, v.edges);
+    }
+}
+
+#[test]
+fn unexplained_differences_are_caught() {
+    let bins = |bits: u32| ((1u64 << bits) - 1) as f64;
+    // A neighbouring bin where the sample is far from an edge, and the runner-up component's bin
+    // where the scores are far from a tie: each rejected, as is a value off the bin grid.
+    for (k, bits) in [(1usize, 16u32), (6, 8)] {
+        let (b, l) = (1usize, 4000usize);
+        let p = f32_params(41 + k as u64, b, k, l);
+        let want = twin_samples(&p, b, k, l, bits, 3, 1.0);
+        let mut got = want.clone();
+        let mut planted = 0;
+        for i in 0..b * l {
+            let r = redraw(&p, k, l, bits, 3, 1.0, i);
+            let (z, ez) = r.z[r.best];
+            let jt = z.round_ties_even();
+            let mut others: Vec<usize> = (0..k).filter(|&c| c != r.best).collect();
+            others.sort_by(|&a, &c| r.score[c].0.total_cmp(&r.score[a].0));
+            match i % 3 {
+                0 if (z - jt).abs() < 0.25 && ez < 0.1 && jt >= 1.0 => got[i] = bin_value(jt - 1.0, bins(bits)),
+                1 if k > 1 && r.score[r.best].0 - r.score[others[0]].0 > 1e-3 && (r.z[others[0]].0.round_ties_even() - jt).abs() >= 2.0 => got[i] = bin_value(r.z[others[0]].0.round_ties_even(), bins(bits)),
+                2 => got[i] = f32::from_bits(want[i].to_bits() + 1),
+                _ => continue,
+            }
+            planted += 1;
+        }
+        let v = compare_samples(&format!("planted K={k} bits={bits}"), &p, k, l, bits, 3, 1.0, &got, &want, 0);
+        assert!(planted > b * l / 3, "only {planted} planted");
+        assert_eq!((v.mismatches, v.unexplained.len()), (planted, planted), "{v:?}");
+    }
+    // A sampler bug: log-scales clamped at −8 instead of −7 (5% of the params() log-scales lie
+    // below −8): its samples move by many bins at 16 bits, unexplained.
+    let (b, k, l, bits) = (1usize, 3usize, 20_000usize, 16u32);
+    let p = f32_params(43, b, k, l);
+    let (got, want) = (sample_f32(&p, b, k, l, bits, 5, 1.0, -8.0), twin_samples(&p, b, k, l, bits, 5, 1.0));
+    let v = compare_samples("clamp at -8", &p, k, l, bits, 5, 1.0, &got, &want, 0);
+    assert!(v.unexplained.len() as f64 > 0.02 * (b * l) as f64, "{} unexplained of {} differing", v.unexplained.len(), v.mismatches);
+    // A sampler ignoring the temperature: most samples differ, far beyond 1%.
+    let got = sample_f32(&p, b, k, l, bits, 5, 1.0, -7.0);
+    let want = twin_samples(&p, b, k, l, bits, 5, 0.8);
+    let v = compare_samples("temperature ignored", &p, k, l, bits, 5, 0.8, &got, &want, 0);
+    assert!(v.mismatches as f64 > 0.5 * (b * l) as f64 && v.unexplained.len() as f64 > 0.5 * v.mismatches as f64, "{v:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // GPU
 
 fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, b: usize, k: usize, l: usize, bits: u32, tol: f64) {
-    let p64: Vec<f64> = params(21 + k as u64, b, k, l).iter().map(|&v| T::from_f64(v).unwrap().to_f64().unwrap()).collect();
-    let pt: Vec<T> = p64.iter().map(|&v| T::from_f64(v).unwrap()).collect();
+    let p64: Vec<f64> = params(21 + k as u64, b, k, l).iter().map(|&v| T::round_f64(v).to_f64().unwrap()).collect();
+    let pt: Vec<T> = p64.iter().map(|&v| T::round_f64(v)).collect();
     let t = targets(22, b * l, bits);
     for red in [Reduction::None, Reduction::Mean, Reduction::Sum] {
         let sp = spec(k, bits, red);
@@ -349,11 +693,10 @@ fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, b: usize, k:
                 dml_sample(v.read(bp).unwrap(), v.write(bs).unwrap(), k, bits, 7, 1.0).unwrap();
             }
             let got = arena.download(bs).unwrap();
-            let mut want = vec![0.0f32; b * l];
-            dml_sample(View::host(&p64, &[b, 3 * k, l]).unwrap(), ViewMut::host(&mut want, &[b, l]).unwrap(), k, bits, 7, 1.0).unwrap();
-            let same = got.iter().zip(&want).filter(|(a, w)| a == w).count();
-            // f32 vs f64 rounding can flip a Gumbel argmax or a bin boundary, rarely.
-            assert!(same as f64 >= 0.999 * (b * l) as f64, "{} samples of {} equal the twin's", same, b * l);
+            let want = twin_samples(&p64, b, k, l, bits, 7, 1.0);
+            // f32 vs f64 rounding can flip a Gumbel argmax or a bin boundary, rarely: each
+            // difference must be such a flip, and they must stay rare.
+            assert_samples(&format!("{} B={b} K={k} L={l} bits={bits} seed=7 τ=1", T::DTYPE), &p64, k, l, bits, 7, 1.0, &got, &want, 0.01, usize::MAX);
         }
     }
 }
@@ -365,5 +708,42 @@ fn gpu_matches_twin() {
         gpu_case::<f32>(&dev, b, k, l, bits, 1e-4);
     }
     gpu_case::<half::bf16>(&dev, 2, 6, 1000, 8, 1e-2);
+    // Sampling at scale (only the sampler: cheap), random params: every difference explained, at
+    // most 1% of samples differ. Then params built to sit on the decision boundaries, where many
+    // samples differ: every one must be within the f32 error bounds (no cap on the count).
+    for (k, bits, tau, seed, l) in SAMPLE_SWEEP {
+        let p = f32_params(31 + k as u64, 2, k, l);
+        let got = gpu_samples::<f32>(&dev, &p, 2, k, l, bits, seed, tau);
+        let want = twin_samples(&p, 2, k, l, bits, seed, tau);
+        assert_samples(&format!("f32 B=2 K={k} L={l} bits={bits} seed={seed} τ={tau}"), &p, k, l, bits, seed, tau, &got, &want, 0.01, 200);
+    }
+    let (k, l) = (6usize, 1usize << 16);
+    let p: Vec<f64> = params(37, 2, k, l).iter().map(|&v| snug::ops::bf16_rne(v).to_f64()).collect();
+    let got = gpu_samples::<half::bf16>(&dev, &p, 2, k, l, 16, 5, 1.0);
+    assert_samples(&format!("bf16 B=2 K={k} L={l} bits=16 seed=5 τ=1"), &p, k, l, 16, 5, 1.0, &got, &twin_samples(&p, 2, k, l, 16, 5, 1.0), 0.01, 200);
+    for (k, bits, tau, seed) in BOUNDARY_SWEEP {
+        let l = 1usize << 14;
+        let p = boundary_params(2, k, l, bits, seed, tau);
+        let got = gpu_samples::<f32>(&dev, &p, 2, k, l, bits, seed, tau);
+        let want = twin_samples(&p, 2, k, l, bits, seed, tau);
+        assert_samples(&format!("boundary f32 B=2 K={k} L={l} bits={bits} seed={seed} τ={tau}"), &p, k, l, bits, seed, tau, &got, &want, 1.0, 50);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gpu_samples<T: snug::Element + snug::ops::Real>(dev: &snug::Device, p64: &[f64], b: usize, k: usize, l: usize, bits: u32, seed: u64, tau: f32) -> Vec<f32> {
+    let pt: Vec<T> = p64.iter().map(|&v| T::round_f64(v)).collect();
+    assert!(pt.iter().zip(p64).all(|(a, v)| a.to_f64().unwrap() == *v), "params not representable in {}", T::DTYPE);
+    let mut plan = Plan::new();
+    let bp = plan.add::<T>("p", &[b, 3 * k, l], Role::Activation).unwrap();
+    let bs = plan.add::<f32>("samples", &[b, l], Role::Io).unwrap();
+    let mut arena = Arena::new(dev, &plan).unwrap();
+    arena.upload(bp, &pt).unwrap();
+    poison(&mut arena, bs).unwrap();
+    {
+        let v = arena.borrow();
+        dml_sample(v.read(bp).unwrap(), v.write(bs).unwrap(), k, bits, seed, tau).unwrap();
+    }
+    arena.download(bs).unwrap()
 }
 

@@ -173,13 +173,18 @@ fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, round: fn(f3
                 }
                 poison(&mut arena, bc).unwrap();
                 let sum_ok = a_batched || b_batched;
+                // One borrow scope per call: a scope lends each buffer once (cws is used twice).
                 {
                     let v = arena.borrow();
                     gemm(v.read(ba).unwrap(), v.read(bbuf).unwrap(), v.write(bc).unwrap(), spec, Some(v.write(cws).unwrap())).unwrap();
+                }
+                {
+                    let v = arena.borrow();
                     gemm(v.read(ba).unwrap(), v.read(bbuf).unwrap(), v.write(bc32).unwrap(), spec, None).unwrap();
-                    if sum_ok && batch > 1 {
-                        gemm_sum_batches(v.read(ba).unwrap(), v.read(bbuf).unwrap(), v.write(bsum).unwrap(), spec, Some(v.write(ws).unwrap()), Some(v.write(cws).unwrap())).unwrap();
-                    }
+                }
+                if sum_ok && batch > 1 {
+                    let v = arena.borrow();
+                    gemm_sum_batches(v.read(ba).unwrap(), v.read(bbuf).unwrap(), v.write(bsum).unwrap(), spec, Some(v.write(ws).unwrap()), Some(v.write(cws).unwrap())).unwrap();
                 }
                 let what = format!("{} batch={batch} M={m} N={n} K={k} ta={ta} tb={tb} a_batched={a_batched} b_batched={b_batched}", T::DTYPE);
                 // Per-element error relative to the row's scale sqrt(K) (inputs ~ N(0, 1)).

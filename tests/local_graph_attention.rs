@@ -85,7 +85,7 @@ fn setup<T: Real>(dev: &Device, c: LgaConfig, (b, h, w): (usize, usize, usize), 
     let sh = [b, c.channels, h, w];
     let bufs: Vec<_> = ["x", "y", "dy", "dx"].iter().map(|nm| plan.add::<T>(*nm, &sh, Role::Activation).unwrap()).collect();
     let mut arena = Arena::new(dev, &plan).unwrap();
-    let cv = |v: &[f64]| v.iter().map(|&t| T::from_f64(t).unwrap()).collect::<Vec<T>>();
+    let cv = |v: &[f64]| v.iter().map(|&t| T::round_f64(t)).collect::<Vec<T>>();
     let pl = layer.params;
     for (buf, v) in [pl.w_q, pl.w_k, pl.w_v, pl.w_o, pl.ln1_g, pl.ln1_b, pl.w1, pl.w2, pl.ln2_g, pl.ln2_b].iter().zip(p) {
         arena.upload(*buf, &cv(v)).unwrap();

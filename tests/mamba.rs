@@ -115,7 +115,7 @@ fn setup<T: Real>(dev: &Device, c: MambaConfig, s: usize, l: usize, params: &[Pa
     let dbs: Vec<_> = (0..dirs).map(|r| plan.add::<T>(format!("dout{r}"), &[s, l, c.d_model], Role::Grad).unwrap()).collect();
     let dx = plan.add::<T>("dx", &[s, l, c.d_model], Role::Grad).unwrap();
     let mut arena = Arena::new(dev, &plan).unwrap();
-    let cv = |v: &[f64]| v.iter().map(|&x| T::from_f64(x).unwrap()).collect::<Vec<T>>();
+    let cv = |v: &[f64]| v.iter().map(|&x| T::round_f64(x)).collect::<Vec<T>>();
     for (p, bufs) in params.iter().zip(&block.params) {
         let list = [bufs.in_x, bufs.in_z, bufs.conv_w, bufs.conv_b, bufs.x_dt, bufs.x_b, bufs.x_c, bufs.dt_w, bufs.dt_bias, bufs.a_log, bufs.d_skip, bufs.out_w];
         for (b, v) in list.iter().zip(p) {

@@ -422,6 +422,22 @@ fn gpu_backward_matches_twin() {
                 let fv = mk(&dd[0], true);
                 let bv = two.then(|| mk(&dd[1], gated_rev));
                 selective_scan(&fv, bv.as_ref(), combine, bw.write(out).unwrap(), Some(bw.write(states).unwrap())).unwrap();
+            }
+            // A scope lends each buffer once: the forward writes `states`, the backward reads it.
+            {
+                let bw = arena.borrow();
+                let mk = |x: &DevDir, gate: bool| ScanDir {
+                    u: bw.read(x.sdl[0]).unwrap(),
+                    delta: bw.read(x.sdl[1]).unwrap(),
+                    a: bw.read(x.a).unwrap(),
+                    b: bw.read(x.snl[0]).unwrap(),
+                    c: bw.read(x.snl[1]).unwrap(),
+                    d_skip: Some(bw.read(x.dd[0]).unwrap()),
+                    delta_bias: Some(bw.read(x.dd[1]).unwrap()),
+                    z: gate.then(|| bw.read(x.sdl[2]).unwrap()),
+                };
+                let fv = mk(&dd[0], true);
+                let bv = two.then(|| mk(&dd[1], gated_rev));
                 let mkg = |x: &DevDir, gate: bool| ScanDirGrads {
                     du: bw.write(x.g_sdl[0]).unwrap(),
                     ddelta: bw.write(x.g_sdl[1]).unwrap(),
@@ -460,12 +476,12 @@ fn gpu_backward_matches_twin() {
 // bf16 storage (activations bf16, parameters f32, f32 states and sums)
 
 fn bf(v: &[f64]) -> Vec<half::bf16> {
-    v.iter().map(|&x| half::bf16::from_f64(x)).collect()
+    v.iter().map(|&x| snug::ops::bf16_rne(x)).collect()
 }
 
 /// The inputs as the bf16 path sees them: activations rounded to bf16, parameters to f32.
 fn round_bf16(x: &Dir) -> Dir {
-    let b = |v: &[f64]| v.iter().map(|&x| half::bf16::from_f64(x).to_f64()).collect::<Vec<_>>();
+    let b = |v: &[f64]| v.iter().map(|&x| snug::ops::bf16_rne(x).to_f64()).collect::<Vec<_>>();
     let f = |v: &[f64]| v.iter().map(|&x| x as f32 as f64).collect::<Vec<_>>();
     Dir { u: b(&x.u), delta: b(&x.delta), a: f(&x.a), b: b(&x.b), c: b(&x.c), d: f(&x.d), bias: f(&x.bias), z: b(&x.z) }
 }
@@ -506,7 +522,7 @@ fn bf16_twin_rounds_the_f64_result_once() {
     let mut out = vec![half::bf16::NAN; s * 2 * d * l];
     selective_scan(&view_bf16(&hf, dims, true), Some(&view_bf16(&hb, dims, true)), Combine::Concat, ViewMut::host(&mut out, &[s, 2 * d, l]).unwrap(), None).unwrap();
     for (i, (g, w)) in out.iter().zip(&want).enumerate() {
-        assert_eq!(g.to_bits(), half::bf16::from_f64(*w).to_bits(), "out[{i}]: {g} vs {w}");
+        assert_eq!(g.to_bits(), snug::ops::bf16_rne(*w).to_bits(), "out[{i}]: {g} vs {w}");
     }
 }
 
@@ -585,6 +601,25 @@ fn gpu_bf16_matches_twin() {
                 let fv = mk(0, true);
                 let bv = two.then(|| mk(1, gated_rev));
                 selective_scan(&fv, bv.as_ref(), combine, bw.write(out).unwrap(), Some(bw.write(states).unwrap())).unwrap();
+            }
+            // A scope lends each buffer once: the forward writes `states`, the backward reads it.
+            {
+                let bw = arena.borrow();
+                let mk = |k: usize, gate: bool| {
+                    let (act, par, _, _) = &bufs[k];
+                    ScanDir {
+                        u: bw.read(act[0]).unwrap(),
+                        delta: bw.read(act[1]).unwrap(),
+                        a: bw.read(par[0]).unwrap(),
+                        b: bw.read(act[2]).unwrap(),
+                        c: bw.read(act[3]).unwrap(),
+                        d_skip: Some(bw.read(par[1]).unwrap()),
+                        delta_bias: Some(bw.read(par[2]).unwrap()),
+                        z: gate.then(|| bw.read(act[4]).unwrap()),
+                    }
+                };
+                let fv = mk(0, true);
+                let bv = two.then(|| mk(1, gated_rev));
                 let mkg = |k: usize, gate: bool| {
                     let (_, _, gact, gpar) = &bufs[k];
                     ScanDirGrads {

@@ -21,7 +21,10 @@ RESULT_RE = re.compile(
 FAILED_RE = re.compile(r"^test (\S+) \.\.\. FAILED\s*$")
 PANIC_RE = re.compile(r"^thread '([^']*)'(?: \(\d+\))? panicked at (.*)$")
 SECTION_RE = re.compile(r"^---- (\S+) stdout ----$")
-SUMMARY_RE = re.compile(r"ERROR SUMMARY: (\d+) errors?")
+# memcheck prints "ERROR SUMMARY: N errors"; racecheck "RACECHECK SUMMARY: N hazards displayed
+# (E errors, W warnings)".
+SUMMARY_RE = re.compile(r"ERROR SUMMARY: (\d+) errors?|RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?")
+NO_GPU_CALL = "terminated before first instrumented API call"
 SKIP_TEXT = "skipped: no CUDA device"
 
 
@@ -274,9 +277,13 @@ def main():
             continue
         text = read(os.path.join(d, f"{st}-{name}.log")) or ""
         sums = SUMMARY_RE.findall(text)
-        summary_lines = [l.strip().lstrip("=").strip() for l in text.splitlines() if "ERROR SUMMARY" in l]
+        summary_lines = [l.strip().lstrip("=").strip() for l in text.splitlines() if "ERROR SUMMARY" in l or "RACECHECK SUMMARY" in l]
         r = parse_test_log(text)
-        errors = sum(int(x) for x in sums)
+        errors = sum(int(a or b) for a, b in sums)
+        if NO_GPU_CALL in text and r["results"] and r["passed"] == 0 and r["failed"] == 0:
+            # a binary without GPU tests (filter `gpu` selects none): nothing to instrument
+            rows.append([name, st, s["rc"], "n/a: no GPU test in this binary", ""])
+            continue
         if s["rc"] == "skip":
             incomplete.append(f"{st} of {name} skipped ({s['note']})")
         if s["rc"] == "99" or errors > 0:
@@ -284,12 +291,12 @@ def main():
         elif s["rc"] in ("124", "137"):
             verdict_fail.append(f"{st} timed out on {name}")
         tests = f"{r['passed']} passed, {r['failed']} failed" if r["results"] else ""
-        summary = summary_lines[-1] if summary_lines else ("" if s["rc"] == "skip" else "(no ERROR SUMMARY line)")
+        summary = summary_lines[-1] if summary_lines else ("" if s["rc"] == "skip" else "(no SUMMARY line)")
         if len(summary_lines) > 1:
             summary += f" (+{len(summary_lines) - 1} more processes, {errors} errors in all)"
         rows.append([name, st, s["rc"], summary, "; ".join(x for x in (tests, s["note"]) if x)])
     if rows:
-        L.append(table(["binary", "tool", "exit", "ERROR SUMMARY", "tests / note"], rows))
+        L.append(table(["binary", "tool", "exit", "SUMMARY", "tests / note"], rows))
     else:
         L.append("_Not run._")
     L.append("")

@@ -222,8 +222,8 @@ fn cpu<T: Real>(cfg: &AdamwConfig, bc1: f64, bc2_sqrt: f64, clip: Clip<'_, T>, t
         one_minus_beta2: T::one() - c(cfg.beta2),
         eps: c(cfg.eps),
         decay: T::one() - lr * wd,
-        step_size: lr / T::from_f64(bc1).unwrap_or_else(T::nan),
-        bc2_sqrt: T::from_f64(bc2_sqrt).unwrap_or_else(T::nan),
+        step_size: lr / T::round_f64(bc1),
+        bc2_sqrt: T::round_f64(bc2_sqrt),
     };
     let scale = match &clip {
         Clip::None => T::one(),
@@ -258,7 +258,7 @@ fn cpu<T: Real>(cfg: &AdamwConfig, bc1: f64, bc2_sqrt: f64, clip: Clip<'_, T>, t
     if let Some(b) = t.param_bf16 {
         let b = b.into_slice_mut().ok_or_else(|| host("param_bf16"))?;
         for (bi, &pi) in b.iter_mut().zip(p.iter()) {
-            *bi = bf16::from_f64(pi.to_f64().unwrap_or(f64::NAN));
+            *bi = super::bf16_rne(pi.to_f64().unwrap_or(f64::NAN));
         }
     }
     Ok(())

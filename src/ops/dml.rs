@@ -343,8 +343,11 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The kernel's uniform in (0, 1) for (seed, position, draw): 23 bits, exact in f32.
-fn uniform(seed: u64, pos: u64, draw: u32) -> f64 {
+/// The kernel's uniform in (0, 1) for (seed, position, draw): 23 bits, exact in f32. Draws
+/// `0..K` perturb the logits, draw `K` is the logistic sample's. Public only for the tests, which
+/// recompute a draw to explain f32-vs-f64 disagreements at decision boundaries.
+#[doc(hidden)]
+pub fn uniform(seed: u64, pos: u64, draw: u32) -> f64 {
     let r = mix64(mix64(seed ^ mix64(pos)).wrapping_add(draw as u64));
     ((r >> 41) as f64 + 0.5) / 8_388_608.0
 }

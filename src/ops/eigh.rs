@@ -215,7 +215,7 @@ pub fn eigh_backward<T: Real>(
                 let eps = eps_rel as f64 * wb.iter().map(|x| x * x).sum::<f64>().sqrt();
                 let r = vjp(&wb, &vb, &gwb, &gvb, eps, n);
                 for (o, x) in o.iter_mut().zip(r) {
-                    *o = T::from_f64(x).unwrap_or_else(T::nan);
+                    *o = T::round_f64(x);
                 }
             });
             Ok(())
@@ -332,10 +332,10 @@ fn cpu_eigh<T: Real>(a: View<'_, T>, w: ViewMut<'_, T>, v: ViewMut<'_, T>, info:
             let a64: Vec<f64> = ab.iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect();
             let (w64, v64, code) = eigh_f64(&a64, n);
             for (o, x) in wb.iter_mut().zip(w64) {
-                *o = T::from_f64(x).unwrap_or_else(T::nan);
+                *o = T::round_f64(x);
             }
             for (o, x) in vb.iter_mut().zip(v64) {
-                *o = T::from_f64(x).unwrap_or_else(T::nan);
+                *o = T::round_f64(x);
             }
             code
         })

@@ -209,7 +209,7 @@ pub fn gemm_sum_batches<'a, T: Real, C: Real>(a: impl Into<Mat<'a, T>>, b: impl 
             for (i, o) in out.iter_mut().enumerate() {
                 let s: f64 = (0..p.batch).map(|b| part[b * p.m * p.n + i]).sum();
                 let prev = if spec.beta != 0.0 { spec.beta as f64 * o.to_f64().unwrap_or(f64::NAN) } else { 0.0 };
-                *o = C::from_f64(spec.alpha as f64 * s + prev).unwrap_or_else(C::nan);
+                *o = C::round_f64(spec.alpha as f64 * s + prev);
             }
             Ok(())
         }
@@ -366,7 +366,7 @@ fn cpu_gemm<T: Real, C: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>
         for (i, x) in prod[bt * p.m * p.n..][..p.m * p.n].iter().enumerate() {
             let o = &mut out[p.c.offset + bt * p.c.stride + i];
             let prev = if spec.beta != 0.0 { spec.beta as f64 * o.to_f64().unwrap_or(f64::NAN) } else { 0.0 };
-            *o = C::from_f64(spec.alpha as f64 * *x + prev).unwrap_or_else(C::nan);
+            *o = C::round_f64(spec.alpha as f64 * *x + prev);
         }
     }
     Ok(())

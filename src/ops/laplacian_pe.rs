@@ -78,7 +78,7 @@ pub fn laplacian_pe<T: Real>(adj: View<'_, T>, pe: ViewMut<'_, T>, interval: usi
                         let o = &mut out[(bi * t + tt) * n * k..][..n * k];
                         for i in 0..n {
                             for c in 0..k {
-                                o[i * k + c] = T::from_f64(g.v[i * n + c]).unwrap_or_else(T::nan);
+                                o[i * k + c] = T::round_f64(g.v[i * n + c]);
                             }
                         }
                     }
@@ -122,7 +122,7 @@ pub fn laplacian_pe_backward<T: Real>(adj: View<'_, T>, gpe: View<'_, T>, gadj: 
                     for tt in t0..t1 {
                         let o = &mut out[(bi * t + tt) * n * n..][..n * n];
                         for (o, &x) in o.iter_mut().zip(&gadj0) {
-                            *o = if tt == t0 { T::from_f64(x).unwrap_or_else(T::nan) } else { T::zero() };
+                            *o = if tt == t0 { T::round_f64(x) } else { T::zero() };
                         }
                     }
                 }
