@@ -242,7 +242,15 @@ impl Gpu {
                 if !unsafe { cudarc::cublas::sys::is_culib_present() } {
                     return Err("libcublas could not be loaded".to_string());
                 }
-                cudarc::cublas::CudaBlas::new(self.inner.stream.clone()).map(Arc::new).map_err(|e| e.to_string())
+                let blas = cudarc::cublas::CudaBlas::new(self.inner.stream.clone()).map_err(|e| e.to_string())?;
+                // bf16 outputs: no split-K partial sums reduced in bf16 (cuBLAS's default allows
+                // it); every product accumulates and reduces in f32, then rounds once.
+                // SAFETY: a live handle, a valid enum value.
+                let st = unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), cudarc::cublas::sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) };
+                if st != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                    return Err(format!("cublasSetMathMode: {st:?}"));
+                }
+                Ok(Arc::new(blas))
             })
             .clone()
             .map_err(|message| Error::Cublas { context: "creating the handle".into(), message })

@@ -141,7 +141,10 @@ fn bad_input_is_a_typed_error() {
 // ---------------------------------------------------------------------------------------------
 // GPU
 
-fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, round: fn(f32) -> T, tol: f64, seed: u64) {
+/// `tol`: accumulation error per unit of the row scale sqrt(K) (f32 accumulation in both dtypes);
+/// `out_rel`: the output's own rounding, relative (0 for f32 out, 2^-8 = half a bf16 ulp at the
+/// bottom of a binade for bf16 out; the first H100 run rounded 32.837 correctly to 32.75).
+fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, round: fn(f32) -> T, tol: f64, out_rel: f64, seed: u64) {
     let mut r = rng(seed);
     // Ragged sizes (not multiples of any tile), both broadcast sides, every transpose.
     for (batch, m, n, k) in [(3usize, 33usize, 17usize, 65usize), (1, 128, 960, 64), (5, 8, 100, 32)] {
@@ -192,7 +195,7 @@ fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, round: fn(f3
                 let got: Vec<f64> = arena.download(bc).unwrap().iter().map(|x| x.to_f64().unwrap()).collect();
                 let got32 = arena.download(bc32).unwrap();
                 for i in 0..want.len() {
-                    assert!((got[i] - want[i]).abs() <= tol * scale, "{what}: c[{i}] {} vs {}", got[i], want[i]);
+                    assert!((got[i] - want[i]).abs() <= tol * scale + out_rel * want[i].abs(), "{what}: c[{i}] {} vs {}", got[i], want[i]);
                     assert!((got32[i] as f64 - want[i]).abs() <= 1e-5 * scale, "{what}: f32 c[{i}] {} vs {}", got32[i], want[i]);
                 }
                 if sum_ok && batch > 1 {
@@ -210,14 +213,14 @@ fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, round: fn(f3
 #[test]
 fn gpu_f32_matches_twin() {
     let Some(dev) = gpu_or_skip("gpu_f32_matches_twin") else { return };
-    gpu_case::<f32>(&dev, |x| x, 1e-5, 10);
+    gpu_case::<f32>(&dev, |x| x, 1e-5, 0.0, 10);
 }
 
 #[test]
 fn gpu_bf16_matches_twin() {
     let Some(dev) = gpu_or_skip("gpu_bf16_matches_twin") else { return };
     // bf16 output: one rounding of an f32-accumulated value (2^-8 relative to the element).
-    gpu_case::<half::bf16>(&dev, half::bf16::from_f32, 1e-2, 11);
+    gpu_case::<half::bf16>(&dev, half::bf16::from_f32, 4e-5, 1.0 / 256.0, 11);
 }
 
 #[test]
