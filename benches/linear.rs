@@ -21,7 +21,7 @@ fn bench(c: &mut Criterion) {
         let dx = plan.add::<f32>("dx", &[rows, inp], Role::Grad).unwrap();
         let dw = plan.add::<f32>("dw", &[out, inp], Role::Grad).unwrap();
         let db = plan.add::<f32>("db", &[out], Role::Grad).unwrap();
-        let ws = plan.add::<f32>("ws", &[backward_workspace_bytes(rows, out) / 4], Role::Workspace).unwrap();
+        let ws = plan.add::<f32>("ws", &[backward_workspace_bytes(rows, inp, out, true, true) / 4], Role::Workspace).unwrap();
         let (mut arena, measured) = measure_arena(&dev, &plan).unwrap();
         let mut r = rng(1);
         arena.upload(x, &randn(&mut r, rows * inp, 1.0)).unwrap();

@@ -2,7 +2,8 @@
 //! leading dimensions), the GPU (cuBLAS + bias kernels) against the twin in f32 and bf16 with an f32
 //! master gradient, several bias-gradient chunks, determinism; bad input.
 
-use snug::ops::linear::{backward_workspace_bytes, linear, linear_backward};
+use snug::ops::gemm::{gemm, gemm_sum_batches, GemmSpec};
+use snug::ops::linear::{backward_workspace_bytes, dw_split, linear, linear_backward};
 use snug::testing::{gpu_or_skip, poison, randn, rng};
 use snug::{Arena, Error, Plan, Role, View, ViewMut};
 
@@ -80,7 +81,7 @@ fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, rows: usize,
     let (bx, bw, bb, bdy) = (plan.add::<T>("x", &[rows, inp], Role::Activation).unwrap(), plan.add::<T>("w", &[out, inp], Role::Param).unwrap(), plan.add::<T>("b", &[out], Role::Param).unwrap(), plan.add::<T>("dy", &[rows, out], Role::Grad).unwrap());
     let (by, bdx) = (plan.add::<T>("y", &[rows, out], Role::Activation).unwrap(), plan.add::<T>("dx", &[rows, inp], Role::Grad).unwrap());
     let (bdw, bdb) = (plan.add::<f32>("dw", &[out, inp], Role::Grad).unwrap(), plan.add::<f32>("db", &[out], Role::Grad).unwrap());
-    let ws = plan.add::<f32>("ws", &[backward_workspace_bytes(rows, out) / 4], Role::Workspace).unwrap();
+    let ws = plan.add::<f32>("ws", &[backward_workspace_bytes(rows, inp, out, true, true) / 4], Role::Workspace).unwrap();
     let mut arena = Arena::new(dev, &plan).unwrap();
     for (buf, v) in [(bx, &x), (bw, &w), (bb, &b), (bdy, &dy)] {
         arena.upload(buf, v).unwrap();
@@ -127,4 +128,76 @@ fn gpu_matches_twin() {
     gpu_case::<f32>(&dev, 9000, 64, 33, 1e-5); // three bias-gradient chunks, ragged out
     gpu_case::<f32>(&dev, 7, 5, 3, 1e-5);
     gpu_case::<half::bf16>(&dev, 5000, 64, 64, 1e-2);
+    // dW split over row chunks (dw_split): 8 chunks + a remainder; 3 chunks + a remainder.
+    gpu_case::<half::bf16>(&dev, 20_000, 64, 64, 1e-2);
+    gpu_case::<f32>(&dev, 40_000, 16, 8, 1e-5);
+}
+
+#[test]
+fn dw_split_is_sound() {
+    for rows in [1usize, 100, 2047, 4096, 8191, 9000, 20_000, 145_920, 1 << 22, 999_983] {
+        for (inp, out) in [(64usize, 256usize), (16, 8), (512, 1216), (4096, 4096), (1, 1)] {
+            let (chunks, per) = dw_split(rows, inp, out);
+            if chunks == 1 {
+                assert_eq!(per, rows);
+                continue;
+            }
+            assert!(chunks >= 3 && per % 16 == 0 && per >= 2048, "rows={rows} {inp}->{out}: {chunks} × {per}");
+            assert!(chunks * per <= rows && rows - chunks * per < per, "rows={rows}: {chunks} × {per}");
+            assert!(4 * chunks * out * inp <= 64 << 20, "partials over 64 MiB");
+        }
+    }
+    // The measured miss: 145,920 rows, 64 → 256 is split; the V3 electrode layer is not.
+    assert!(dw_split(145_920, 64, 256).0 > 16);
+    assert_eq!(dw_split(7680, 512, 1216).0, 1);
+    // Workspace: bias partials + the split's products, f32 dW only.
+    let (c, _) = dw_split(145_920, 64, 256);
+    assert_eq!(backward_workspace_bytes(145_920, 64, 256, true, true), 4 * 36 * 256 + 4 * c * 256 * 64);
+    assert_eq!(backward_workspace_bytes(145_920, 64, 256, false, false), 0);
+    assert_eq!(backward_workspace_bytes(100, 64, 256, false, true), 0);
+}
+
+/// The GPU's split dW — `gemm_sum_batches` over `chunks` row blocks (ta), then the remaining
+/// rows added by a β = 1 GEMM — run through the same calls on host views equals dyᵀ·x.
+#[test]
+fn dw_split_decomposition_equals_one_product() {
+    let mut r = rng(9);
+    for (rows, inp, out) in [(20_000usize, 7usize, 5usize), (40_000, 3, 2), (6 * 2048, 4, 3)] {
+        let (chunks, per) = dw_split(rows, inp, out);
+        assert!(chunks > 1, "{rows}: not split");
+        let x: Vec<f64> = randn(&mut r, rows * inp, 1.0).into_iter().map(f64::from).collect();
+        let dy: Vec<f64> = randn(&mut r, rows * out, 1.0).into_iter().map(f64::from).collect();
+        let w = vec![0.0f64; out * inp];
+        let mut want = vec![0.0f64; out * inp];
+        linear_backward(View::host(&x, &[rows, inp]).unwrap(), View::host(&w, &[out, inp]).unwrap(), View::host(&dy, &[rows, out]).unwrap(), None, ViewMut::host(&mut want, &[out, inp]).unwrap(), None, None, None).unwrap();
+        let (xv, gv) = (View::host(&x, &[rows, inp]).unwrap(), View::host(&dy, &[rows, out]).unwrap());
+        let main = chunks * per;
+        let mut got = vec![f64::NAN; out * inp];
+        let spec = GemmSpec::new(true, false);
+        gemm_sum_batches(gv.clone().narrow(0, main).unwrap().reshape(&[chunks, per, out]).unwrap(), xv.clone().narrow(0, main).unwrap().reshape(&[chunks, per, inp]).unwrap(), ViewMut::host(&mut got, &[out, inp]).unwrap(), spec, None, None).unwrap();
+        // 6 × 2,048 rows split exactly; the others leave a remainder.
+        assert_eq!(main < rows, rows != 6 * 2048, "rows={rows}: {chunks} × {per}");
+        if main < rows {
+            gemm(gv.narrow(main, rows - main).unwrap(), xv.narrow(main, rows - main).unwrap(), ViewMut::host(&mut got, &[out, inp]).unwrap(), GemmSpec { beta: 1.0, ..spec }, None).unwrap();
+        }
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()) * (rows as f64).sqrt(), "rows={rows}: dw[{i}] {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn narrow_and_split_at_are_checked() {
+    let v = vec![0.0f32; 12];
+    let x = View::host(&v, &[4, 3]).unwrap();
+    assert_eq!(x.clone().narrow(1, 2).unwrap().shape(), &[2, 3]);
+    assert_eq!(x.clone().narrow(1, 2).unwrap().as_slice().unwrap().as_ptr(), v[3..].as_ptr());
+    assert!(matches!(x.clone().narrow(3, 2), Err(Error::Length { .. })));
+    assert!(matches!(x.clone().narrow(0, 0), Err(Error::Length { .. })));
+    assert!(matches!(x.narrow(usize::MAX, 2), Err(Error::Length { .. })));
+    let mut m = vec![0.0f32; 10];
+    let (a, b) = ViewMut::host(&mut m, &[2, 5]).unwrap().split_at(4).unwrap();
+    assert_eq!((a.len(), b.len()), (4, 6));
+    let mut m2 = vec![0.0f32; 3];
+    assert!(matches!(ViewMut::host(&mut m2, &[3]).unwrap().split_at(4), Err(Error::Length { .. })));
 }

@@ -174,6 +174,12 @@ impl<'a, T: Element> View<'a, T> {
     }
     device_and_reshape!(View);
 
+    /// Entries `start .. start + count` along the first dimension (the same memory, no copy).
+    pub fn narrow(self, start: usize, count: usize) -> Result<Self> {
+        let (shape, offset) = narrow_shape("View::narrow", self.shape(), start, count)?;
+        Ok(View { addr: self.addr + offset * std::mem::size_of::<T>(), shape, ..self })
+    }
+
     /// Copies the elements to a host vector; for device memory this waits for the GPU handle's
     /// stream first (a host synchronisation: for checks and tests, not for the hot path).
     pub fn to_vec(&self) -> Result<Vec<T>> {
@@ -239,6 +245,33 @@ impl<'a, T: Element> ViewMut<'a, T> {
         }
     }
     device_and_reshape!(ViewMut);
+
+    /// Splits a view into its first `at` elements and the rest, both flat (1-D; reshape them as
+    /// needed): two disjoint mutable views of the same memory, e.g. one workspace carved in two.
+    pub fn split_at(self, at: usize) -> Result<(Self, Self)> {
+        let n = self.len();
+        if at > n {
+            return Err(Error::Length { op: "ViewMut::split_at", arg: "at", expected: format!("at most {n} (the view's length)"), got: at });
+        }
+        let (a, b) = (Shape::new(&[at])?, Shape::new(&[n - at])?);
+        let tail = self.addr + at * std::mem::size_of::<T>();
+        Ok((ViewMut { shape: a, ..self }, ViewMut { addr: tail, shape: b, loc: self.loc, _m: PhantomData }))
+    }
+}
+
+/// The shape of entries `start .. start + count` along the first dimension, and the element
+/// offset of the first.
+fn narrow_shape(op: &'static str, dims: &[usize], start: usize, count: usize) -> Result<(Shape, usize)> {
+    let Some((&d0, rest)) = dims.split_first() else {
+        return Err(Error::Shape { op, arg: "self", expected: "at least one dimension".into(), got: dims.to_vec() });
+    };
+    if count == 0 || start.checked_add(count).is_none_or(|e| e > d0) {
+        return Err(Error::Length { op, arg: "start..start+count", expected: format!("a non-empty range within 0..{d0}"), got: start.saturating_add(count) });
+    }
+    let inner: usize = rest.iter().product();
+    let mut d = dims.to_vec();
+    d[0] = count;
+    Ok((Shape::new(&d)?, start * inner))
 }
 
 impl<T: Element> fmt::Debug for View<'_, T> {

@@ -2,9 +2,10 @@
 //! [`super::gemm`], the bias in `kernels/linear.cu`).
 //!
 //! Shapes: `x [.., in]` (leading dimensions flattened into rows), `w [out, in]`, `b [out]`,
-//! `y [.., out]`. Backward: `dx = dy·W`, `dW = dyᵀ·x` (one GEMM over all rows: deterministic),
-//! `db = Σ_rows dy` (per-4,096-row partials summed in order; workspace
-//! [`backward_workspace_bytes`]). Storage `T` (x, w, b, y, dy, dx): f32 or bf16 on the GPU with f32
+//! `y [.., out]`. Backward: `dx = dy·W`, `dW = dyᵀ·x` (one GEMM over all rows, or — many rows,
+//! few output tiles, f32 `dW` — a batched GEMM over row chunks summed in chunk order plus the
+//! remaining rows, [`dw_split`]: deterministic either way), `db = Σ_rows dy` (per-4,096-row
+//! partials summed in order); workspace [`backward_workspace_bytes`]. Storage `T` (x, w, b, y, dy, dx): f32 or bf16 on the GPU with f32
 //! compute; the parameter gradients `P` (dW, db): `T` or f32 (an f32 master gradient from bf16
 //! activations). Saved for backward: `x` (the caller's) — nothing else. The CPU twin computes in
 //! f64 for any [`Real`].
@@ -13,7 +14,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::LaunchConfig;
 
-use super::gemm::{gemm, GemmSpec};
+use super::gemm::{gemm, gemm_sum_batches, sum_batches_workspace_bytes, GemmSpec};
 use super::{check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, Real};
 use crate::ffi::{self, SnugLinearParams};
 use crate::memory::{Loc, View, ViewMut};
@@ -43,9 +44,38 @@ fn y_shape(x: &[usize], out: usize) -> Vec<usize> {
     s
 }
 
-/// Workspace of the GPU backward with a bias gradient: `⌈rows/4096⌉·out·4` bytes.
-pub fn backward_workspace_bytes(rows: usize, out: usize) -> usize {
-    4 * rows.div_ceil(CHUNK_ROWS) * out
+/// How the GPU backward splits `dW = dyᵀ·x` over rows: `(chunks, rows_per_chunk)`; `(1, rows)`
+/// means one GEMM. A weight with few output tiles (e.g. 256 × 64) and many rows would otherwise
+/// be a handful of CTAs walking K = rows serially (measured: 5.2 ms for 145,920 × 64 → 256 on an
+/// H100, 0.15× PyTorch). Split, the chunks' products run as one batched GEMM into the workspace
+/// and are summed in chunk order (`gemm_sum_batches`), then the remaining rows are added by one
+/// more GEMM (β = 1): deterministic, and a pure function of the shapes (no device query), so
+/// the footprint is too. Only with an f32 `dW` (the f32 master gradient); a bf16 `dW` stays one
+/// GEMM.
+pub fn dw_split(rows: usize, inp: usize, out: usize) -> (usize, usize) {
+    // ~2 waves of 132 SMs' worth of 128 × 128 output tiles; chunks of ≥ 2,048 rows; the partial
+    // products capped at 64 MiB.
+    const TARGET_CTAS: usize = 264;
+    const MIN_ROWS: usize = 2048;
+    const MAX_PARTIAL_BYTES: usize = 64 << 20;
+    let tiles = out.div_ceil(128) * inp.div_ceil(128);
+    let chunks = (TARGET_CTAS / tiles.max(1)).min(rows / MIN_ROWS).min(MAX_PARTIAL_BYTES / (4 * out * inp).max(1));
+    if chunks < 4 {
+        return (1, rows);
+    }
+    // Rows per chunk: a multiple of 16 (aligned chunk starts), the remainder < one chunk.
+    let per = rows.div_ceil(chunks).next_multiple_of(16);
+    (rows / per, per)
+}
+
+/// f32 workspace of the GPU backward, in bytes: the bias gradient's per-4,096-row partials
+/// (`⌈rows/4096⌉·out·4`, with `db`) followed by the split `dW`'s per-chunk products
+/// (`chunks·out·in·4` when [`dw_split`] splits and `dW` is f32). The CPU twin needs none.
+pub fn backward_workspace_bytes(rows: usize, inp: usize, out: usize, with_db: bool, dw_f32: bool) -> usize {
+    let bias = if with_db { 4 * rows.div_ceil(CHUNK_ROWS) * out } else { 0 };
+    let (chunks, _) = dw_split(rows, inp, out);
+    let dw = if dw_f32 && chunks > 1 { sum_batches_workspace_bytes(chunks, out, inp) } else { 0 };
+    bias + dw
 }
 
 /// The forward (`y` written).
@@ -87,7 +117,8 @@ pub fn linear<T: Real>(x: View<'_, T>, w: View<'_, T>, b: Option<View<'_, T>>, y
     }
 }
 
-/// The backward: `dx` (optional), `dw`, `db` (optional; needs `workspace` on the GPU), written.
+/// The backward: `dx` (optional), `dw`, `db` (optional), written. On the GPU `workspace` must
+/// hold [`backward_workspace_bytes`] when that is not 0 (with `db`, or a split f32 `dW`).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward<T: Real, P: Real>(
     x: View<'_, T>,
@@ -140,14 +171,46 @@ pub fn linear_backward<T: Real, P: Real>(
             let x2 = x.clone().reshape(&[rows, inp])?;
             let dy2 = dy.reshape(&[rows, out])?;
             let dyp = dy2.device_ptr();
-            gemm(dy2, x2, dw, GemmSpec::new(true, false), cw.as_mut().map(|c| c.reborrow()))?;
+            let dw_f32 = P::DTYPE == DType::F32;
+            let want = backward_workspace_bytes(rows, inp, out, db.is_some(), dw_f32) / 4;
+            let ws = match workspace {
+                Some(ws) if ws.len() >= want => Some(ws),
+                Some(ws) => return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: ws.len() }),
+                None if want == 0 => None,
+                None => return Err(Error::Value { op: OP_BWD, arg: "workspace", expected: format!("{want} f32 on the GPU (backward_workspace_bytes)"), got: "None".into() }),
+            };
+            // Carve: the bias partials first, the split dW's products after them.
+            let bias_len = if db.is_some() { rows.div_ceil(CHUNK_ROWS) * out } else { 0 };
+            let (bias_ws, dw_ws) = match ws {
+                Some(ws) => {
+                    let (a, b) = ws.split_at(bias_len)?;
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            let (chunks, per) = dw_split(rows, inp, out);
+            let mut dw = dw;
+            if dw_f32 && chunks > 1 {
+                let main = chunks * per;
+                let spec = GemmSpec::new(true, false);
+                gemm_sum_batches(
+                    dy2.clone().narrow(0, main)?.reshape(&[chunks, per, out])?,
+                    x2.clone().narrow(0, main)?.reshape(&[chunks, per, inp])?,
+                    dw.reborrow(),
+                    spec,
+                    dw_ws,
+                    cw.as_mut().map(|c| c.reborrow()),
+                )?;
+                if main < rows {
+                    let rest = rows - main;
+                    gemm(dy2.narrow(main, rest)?, x2.narrow(main, rest)?, dw, GemmSpec { beta: 1.0, ..spec }, cw.as_mut().map(|c| c.reborrow()))?;
+                }
+            } else {
+                gemm(dy2, x2, dw, GemmSpec::new(true, false), cw.as_mut().map(|c| c.reborrow()))?;
+            }
             if let Some(v) = db {
                 let chunks = rows.div_ceil(CHUNK_ROWS);
-                let want = backward_workspace_bytes(rows, out) / 4;
-                let ws = workspace.ok_or_else(|| Error::Value { op: OP_BWD, arg: "workspace", expected: format!("{want} f32 for db on the GPU (backward_workspace_bytes)"), got: "None".into() })?;
-                if ws.len() < want {
-                    return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: ws.len() });
-                }
+                let ws = bias_ws.ok_or(Error::Value { op: OP_BWD, arg: "workspace", expected: "the bias partials".into(), got: "None".into() })?;
                 if chunks > 65_535 || out > u32::MAX as usize {
                     return Err(Error::Shape { op: OP_BWD, arg: "x", expected: "fewer than 65,535 × 4,096 rows".into(), got: x.shape().to_vec() });
                 }

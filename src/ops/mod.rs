@@ -178,7 +178,7 @@ mod tests {
             if a - val(0x7f7f) >= half_ulp { 0x7f80 } else { 0x7f7f }
         } else {
             let (d1, d2) = (a - val(lo), val(lo + 1) - a);
-            if d1 < d2 || (d1 == d2 && lo % 2 == 0) { lo } else { lo + 1 }
+            if d1 < d2 || (d1 == d2 && lo.is_multiple_of(2)) { lo } else { lo + 1 }
         };
         (m | if neg { 0x8000 } else { 0 }) as u16
     }
