@@ -300,3 +300,96 @@ fn gpu_grouped_operands_match_twin() {
         }
     }
 }
+
+/// Columns `s .. s + n` of every `[rows, cols]` matrix of a batch, as a dense batch.
+fn take_cols(x: &[f64], (b, r, c): (usize, usize, usize), s: usize, n: usize) -> Vec<f64> {
+    (0..b * r).flat_map(|row| x[row * c + s..][..n].to_vec()).collect()
+}
+
+#[test]
+fn column_windows_read_and_write_only_their_columns() {
+    // A conv1d tap: y[b][:, lo..hi] += W_j · x[b][:, lo + shift .. hi + shift], channels × time.
+    let (bt, cin, cout, l) = (3usize, 4usize, 5usize, 11usize);
+    let mut r = rng(21);
+    let x = f64v(randn(&mut r, bt * cin * l, 1.0));
+    let w = f64v(randn(&mut r, cout * cin, 1.0));
+    for (lo, n, shift) in [(0usize, 11usize, 0usize), (2, 7, 2), (0, 9, 2), (3, 1, 7), (5, 6, 0)] {
+        let y0 = f64v(randn(&mut r, bt * cout * l, 1.0));
+        for (beta, ta) in [(0.0f32, false), (1.0, false), (0.5, true)] {
+            let mut y = y0.clone();
+            // a: W (or its transpose stored [cin, cout]) — not windowed; b: x's window; c: y's window.
+            let wa = if ta { (0..cin * cout).map(|k| w[(k % cout) * cin + k / cout]).collect::<Vec<_>>() } else { w.clone() };
+            let ash = if ta { [cin, cout] } else { [cout, cin] };
+            let spec = GemmSpec { beta, ..GemmSpec::new(ta, false) };
+            gemm(View::host(&wa, &ash).unwrap(), Mat::from(View::host(&x, &[bt, cin, l]).unwrap()).columns(lo + shift, n), MatMut::from(ViewMut::host(&mut y, &[bt, cout, l]).unwrap()).columns(lo, n), spec, None).unwrap();
+            let xs = take_cols(&x, (bt, cin, l), lo + shift, n);
+            let mut want = take_cols(&y0, (bt, cout, l), lo, n);
+            gemm(View::host(&wa, &ash).unwrap(), View::host(&xs, &[bt, cin, n]).unwrap(), ViewMut::host(&mut want, &[bt, cout, n]).unwrap(), spec, None).unwrap();
+            assert_eq!(take_cols(&y, (bt, cout, l), lo, n), want, "window {lo}+{n} shift {shift} beta {beta} ta {ta}");
+            for row in 0..bt * cout {
+                for t in (0..l).filter(|t| *t < lo || *t >= lo + n) {
+                    assert_eq!(y[row * l + t], y0[row * l + t], "column {t} outside the window was touched");
+                }
+            }
+        }
+    }
+    // Transposed windowed operand (dW_j = Σ_b dy[b][:, win] · x[b][:, win']ᵀ) through gemm_sum_batches.
+    let dy = f64v(randn(&mut r, bt * cout * l, 1.0));
+    let (lo, n, shift) = (1usize, 8usize, 2usize);
+    let mut got = vec![0.0; cout * cin];
+    gemm_sum_batches(Mat::from(View::host(&dy, &[bt, cout, l]).unwrap()).columns(lo, n), Mat::from(View::host(&x, &[bt, cin, l]).unwrap()).columns(lo + shift, n), ViewMut::host(&mut got, &[cout, cin]).unwrap(), GemmSpec::new(false, true), None, None).unwrap();
+    let (dys, xs) = (take_cols(&dy, (bt, cout, l), lo, n), take_cols(&x, (bt, cin, l), lo + shift, n));
+    let mut want = vec![0.0; cout * cin];
+    gemm_sum_batches(View::host(&dys, &[bt, cout, n]).unwrap(), View::host(&xs, &[bt, cin, n]).unwrap(), ViewMut::host(&mut want, &[cout, cin]).unwrap(), GemmSpec::new(false, true), None, None).unwrap();
+    assert_eq!(got, want);
+    // Windows out of range are typed errors.
+    for (s, n) in [(5usize, 7usize), (0, 0), (usize::MAX, 2)] {
+        let mut y = vec![0.0; bt * cout * n.clamp(1, l)];
+        let e = gemm(View::host(&w, &[cout, cin]).unwrap(), Mat::from(View::host(&x, &[bt, cin, l]).unwrap()).columns(s, n), ViewMut::host(&mut y, &[bt, cout, n.clamp(1, l)]).unwrap(), GemmSpec::new(false, false), None);
+        assert!(matches!(e, Err(Error::Shape { arg: "b", .. })), "{s}+{n}: {e:?}");
+    }
+}
+
+#[test]
+fn gpu_column_windows_match_twin() {
+    let Some(dev) = gpu_or_skip("gpu_column_windows_match_twin") else { return };
+    let (bt, cin, cout, l) = (5usize, 33usize, 17usize, 301usize);
+    let mut r = rng(22);
+    let (x, w, y0) = (randn(&mut r, bt * cin * l, 1.0), randn(&mut r, cout * cin, 1.0), randn(&mut r, bt * cout * l, 1.0));
+    let (x64, w64) = (f64v(x.clone()), f64v(w.clone()));
+    let mut plan = Plan::new();
+    let bx = plan.add::<f32>("x", &[bt, cin, l], Role::Activation).unwrap();
+    let bw = plan.add::<f32>("w", &[cout, cin], Role::Param).unwrap();
+    let by = plan.add::<f32>("y", &[bt, cout, l], Role::Activation).unwrap();
+    let bdw = plan.add::<f32>("dw", &[cout, cin], Role::Grad).unwrap();
+    let ws = plan.add::<f32>("ws", &[sum_batches_workspace_bytes(bt, cout, cin) / 4], Role::Workspace).unwrap();
+    let mut arena = Arena::new(&dev, &plan).unwrap();
+    arena.upload(bx, &x).unwrap();
+    arena.upload(bw, &w).unwrap();
+    for (lo, n, shift) in [(0usize, 301usize, 0usize), (3, 290, 8), (17, 1, 200)] {
+        arena.upload(by, &y0).unwrap();
+        poison(&mut arena, bdw).unwrap();
+        {
+            let v = arena.borrow();
+            gemm(v.read(bw).unwrap(), Mat::from(v.read(bx).unwrap()).columns(lo + shift, n), MatMut::from(v.write(by).unwrap()).columns(lo, n), GemmSpec::new(false, false).accumulate(), None).unwrap();
+        }
+        {
+            let v = arena.borrow();
+            gemm_sum_batches(Mat::from(v.read(by).unwrap()).columns(lo, n), Mat::from(v.read(bx).unwrap()).columns(lo + shift, n), v.write(bdw).unwrap(), GemmSpec::new(false, true), Some(v.write(ws).unwrap()), None).unwrap();
+        }
+        let mut want = f64v(y0.clone());
+        gemm(View::host(&w64, &[cout, cin]).unwrap(), Mat::from(View::host(&x64, &[bt, cin, l]).unwrap()).columns(lo + shift, n), MatMut::from(ViewMut::host(&mut want, &[bt, cout, l]).unwrap()).columns(lo, n), GemmSpec::new(false, false).accumulate(), None).unwrap();
+        let got = f64v(arena.download(by).unwrap());
+        let tol = 1e-5 * (cin as f64).sqrt() * 4.0;
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "window {lo}+{n}: y[{i}] {a} vs {b}");
+        }
+        let mut want_dw = vec![0.0f64; cout * cin];
+        gemm_sum_batches(Mat::from(View::host(&got, &[bt, cout, l]).unwrap()).columns(lo, n), Mat::from(View::host(&x64, &[bt, cin, l]).unwrap()).columns(lo + shift, n), ViewMut::host(&mut want_dw, &[cout, cin]).unwrap(), GemmSpec::new(false, true), None, None).unwrap();
+        let dw = f64v(arena.download(bdw).unwrap());
+        let tol = 1e-5 * ((bt * n) as f64).sqrt() * 8.0;
+        for (i, (a, b)) in dw.iter().zip(&want_dw).enumerate() {
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "window {lo}+{n}: dw[{i}] {a} vs {b}");
+        }
+    }
+}

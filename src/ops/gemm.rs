@@ -5,7 +5,9 @@
 //! Each operand is a matrix `[rows, cols]`, broadcast over the batch, or a batch `[batch, rows,
 //! cols]`, or one group of a grouped batch `[batch, groups, rows, cols]` ([`Mat::group`]: e.g. one
 //! direction's half `[S, D, L]` of a bidirectional scan's `[S, 2D, L]` output, read as
-//! `[S, 2, D, L]`); `c` decides the batch. Storage `T` is f32 or bf16 on the GPU, with f32 compute
+//! `[S, 2, D, L]`); `c` decides the batch. Any operand may also be a window of its columns
+//! ([`Mat::columns`], [`MatMut::columns`]: the rows keep their pitch) — a conv1d tap reads a
+//! time-shifted window of `x [C, L]` and accumulates into a window of `y`. Storage `T` is f32 or bf16 on the GPU, with f32 compute
 //! (`CUBLAS_COMPUTE_32F`, default math mode: no TF32), and `C` is `T` or f32; the CPU twin computes
 //! in f64 for any [`Real`] and rounds once. With `β = 0`, `C` is not read (NaN in it is fine).
 //!
@@ -61,64 +63,86 @@ impl GemmSpec {
     }
 }
 
-/// A GEMM input: a view, or one group of a `[batch, groups, rows, cols]` view.
+/// A GEMM input: a view, or one group of a `[batch, groups, rows, cols]` view; optionally only
+/// a window of its columns ([`Mat::columns`]).
 #[derive(Debug)]
 pub struct Mat<'a, T: Element> {
     view: View<'a, T>,
     group: Option<usize>,
+    window: Option<(usize, usize)>,
 }
 
 impl<'a, T: Element> Mat<'a, T> {
     /// Group `g` of a `[batch, groups, rows, cols]` view: the batch of matrices `view[:, g]`.
     pub fn group(view: View<'a, T>, g: usize) -> Mat<'a, T> {
-        Mat { view, group: Some(g) }
+        Mat { view, group: Some(g), window: None }
+    }
+
+    /// Only the columns `start .. start + count` of every matrix (the rows keep their pitch, the
+    /// full column count): e.g. a time window of a `[channels, L]` map, shifted per tap.
+    pub fn columns(self, start: usize, count: usize) -> Mat<'a, T> {
+        Mat { window: Some((start, count)), ..self }
     }
 }
 
 impl<'a, T: Element> From<View<'a, T>> for Mat<'a, T> {
     fn from(view: View<'a, T>) -> Self {
-        Mat { view, group: None }
+        Mat { view, group: None, window: None }
     }
 }
 
-/// A GEMM output: a mutable view, or one group of a `[batch, groups, rows, cols]` view.
+/// A GEMM output: a mutable view, or one group of a `[batch, groups, rows, cols]` view;
+/// optionally only a window of its columns ([`MatMut::columns`], the others not touched).
 #[derive(Debug)]
 pub struct MatMut<'a, T: Element> {
     view: ViewMut<'a, T>,
     group: Option<usize>,
+    window: Option<(usize, usize)>,
 }
 
 impl<'a, T: Element> MatMut<'a, T> {
     /// Group `g` of a `[batch, groups, rows, cols]` view (the other groups are not touched).
     pub fn group(view: ViewMut<'a, T>, g: usize) -> MatMut<'a, T> {
-        MatMut { view, group: Some(g) }
+        MatMut { view, group: Some(g), window: None }
+    }
+
+    /// Only the columns `start .. start + count` of every matrix (the others are not touched).
+    pub fn columns(self, start: usize, count: usize) -> MatMut<'a, T> {
+        MatMut { window: Some((start, count)), ..self }
     }
 }
 
 impl<'a, T: Element> From<ViewMut<'a, T>> for MatMut<'a, T> {
     fn from(view: ViewMut<'a, T>) -> Self {
-        MatMut { view, group: None }
+        MatMut { view, group: None, window: None }
     }
 }
 
-/// One operand's layout in elements: batched (else broadcast), rows, cols, batch stride, offset.
+/// One operand's layout in elements: batched (else broadcast), rows, cols, row pitch, batch
+/// stride, offset of the first element.
 #[derive(Clone, Copy, Debug)]
 struct Layout {
     batch: Option<usize>,
     rows: usize,
     cols: usize,
+    ld: usize,
     stride: usize,
     offset: usize,
 }
 
-fn layout(op: &'static str, arg: &'static str, shape: &[usize], group: Option<usize>) -> Result<Layout> {
+fn layout(op: &'static str, arg: &'static str, shape: &[usize], group: Option<usize>, window: Option<(usize, usize)>) -> Result<Layout> {
     let bad = |expected: String| Error::Shape { op, arg, expected, got: shape.to_vec() };
-    match (shape, group) {
-        (&[r, c], None) if r >= 1 && c >= 1 => Ok(Layout { batch: None, rows: r, cols: c, stride: 0, offset: 0 }),
-        (&[b, r, c], None) if b >= 1 && r >= 1 && c >= 1 => Ok(Layout { batch: Some(b), rows: r, cols: c, stride: r * c, offset: 0 }),
-        (&[b, g, r, c], Some(k)) if b >= 1 && r >= 1 && c >= 1 && k < g => Ok(Layout { batch: Some(b), rows: r, cols: c, stride: g * r * c, offset: k * r * c }),
-        (_, Some(k)) => Err(bad(format!("[batch, groups, rows, cols], all >= 1, with group {k} < groups"))),
-        _ => Err(bad("[rows, cols] or [batch, rows, cols], all >= 1".into())),
+    let l = match (shape, group) {
+        (&[r, c], None) if r >= 1 && c >= 1 => Layout { batch: None, rows: r, cols: c, ld: c, stride: 0, offset: 0 },
+        (&[b, r, c], None) if b >= 1 && r >= 1 && c >= 1 => Layout { batch: Some(b), rows: r, cols: c, ld: c, stride: r * c, offset: 0 },
+        (&[b, g, r, c], Some(k)) if b >= 1 && r >= 1 && c >= 1 && k < g => Layout { batch: Some(b), rows: r, cols: c, ld: c, stride: g * r * c, offset: k * r * c },
+        (_, Some(k)) => return Err(bad(format!("[batch, groups, rows, cols], all >= 1, with group {k} < groups"))),
+        _ => return Err(bad("[rows, cols] or [batch, rows, cols], all >= 1".into())),
+    };
+    match window {
+        None => Ok(l),
+        Some((s, n)) if n >= 1 && s.checked_add(n).is_some_and(|e| e <= l.cols) => Ok(Layout { cols: n, offset: l.offset + s, ..l }),
+        Some((s, n)) => Err(bad(format!("a non-empty column window within 0..{} (got {s}..{})", l.cols, s.saturating_add(n)))),
     }
 }
 
@@ -157,7 +181,7 @@ fn problem(op: &'static str, a: Layout, b: Layout, c: Layout, spec: GemmSpec) ->
 /// `c = α·op(a)·op(b) + β·c`, batched (see the module docs).
 pub fn gemm<'a, T: Real, C: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<'a, T>>, c: impl Into<MatMut<'a, C>>, spec: GemmSpec, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
     let (a, b, c) = (a.into(), b.into(), c.into());
-    let p = problem(OP, layout(OP, "a", a.view.shape(), a.group)?, layout(OP, "b", b.view.shape(), b.group)?, layout(OP, "c", c.view.shape(), c.group)?, spec)?;
+    let p = problem(OP, layout(OP, "a", a.view.shape(), a.group, a.window)?, layout(OP, "b", b.view.shape(), b.group, b.window)?, layout(OP, "c", c.view.shape(), c.group, c.window)?, spec)?;
     let (a, b, c) = (a.view, b.view, c.view);
     let mut locs = vec![("a", a.loc()), ("b", b.loc()), ("c", c.loc())];
     locs.extend(cublas_workspace.as_ref().map(|w| ("cublas_workspace", w.loc())));
@@ -169,8 +193,9 @@ pub fn gemm<'a, T: Real, C: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<'a,
             let ptr = |v: u64| v as *const c_void;
             // SAFETY: a, b, c are device views on this handle whose shapes were validated against
             // the problem (a batched operand holds batch·rows·cols elements, a grouped one
-            // batch·groups·rows·cols read from offset g·rows·cols with stride groups·rows·cols);
-            // the workspace, if any, is a device view of its stated length (see cublas_gemm).
+            // batch·groups·rows·cols read from offset g·rows·cols with stride groups·rows·cols;
+            // a column window only narrows the columns read or written inside each row, keeping
+            // the row pitch); the workspace, if any, is a device view of its stated length (see cublas_gemm).
             unsafe { cublas_gemm(gpu, OP, p, spec, ptr(a.device_ptr().unwrap_or(0)), ptr(b.device_ptr().unwrap_or(0)), c.device_ptr().unwrap_or(0) as *mut c_void, T::DTYPE, C::DTYPE, ws) }
         }
     }
@@ -187,16 +212,16 @@ pub fn sum_batches_workspace_bytes(batch: usize, m: usize, n: usize) -> usize {
 /// [`sum_batches_workspace_bytes`] (the CPU twin needs none and takes `None`).
 pub fn gemm_sum_batches<'a, T: Real, C: Real>(a: impl Into<Mat<'a, T>>, b: impl Into<Mat<'a, T>>, c: ViewMut<'_, C>, spec: GemmSpec, workspace: Option<ViewMut<'_, f32>>, cublas_workspace: Option<ViewMut<'_, u8>>) -> Result<()> {
     let (a, b) = (a.into(), b.into());
-    let (la, lb) = (layout(OP_SUM, "a", a.view.shape(), a.group)?, layout(OP_SUM, "b", b.view.shape(), b.group)?);
+    let (la, lb) = (layout(OP_SUM, "a", a.view.shape(), a.group, a.window)?, layout(OP_SUM, "b", b.view.shape(), b.group, b.window)?);
     let Some(batch) = la.batch.or(lb.batch) else {
         return Err(Error::Shape { op: OP_SUM, arg: "a", expected: "a or b batched: [batch, rows, cols]".into(), got: a.view.shape().to_vec() });
     };
-    let lc = layout(OP_SUM, "c", c.shape(), None)?;
+    let lc = layout(OP_SUM, "c", c.shape(), None, None)?;
     if lc.batch.is_some() {
         return Err(Error::Shape { op: OP_SUM, arg: "c", expected: "one matrix [M, N] (the sum over the batch)".into(), got: c.shape().to_vec() });
     }
     // The per-batch products: a batch of M×N matrices in the workspace.
-    let p = problem(OP_SUM, la, lb, Layout { batch: Some(batch), stride: lc.rows * lc.cols, ..lc }, spec)?;
+    let p = problem(OP_SUM, la, lb, Layout { batch: Some(batch), stride: lc.rows * lc.cols, ld: lc.cols, offset: 0, ..lc }, spec)?;
     let (a, b) = (a.view, b.view);
     let mut locs = vec![("a", a.loc()), ("b", b.loc()), ("c", c.loc())];
     locs.extend(workspace.as_ref().map(|w| ("workspace", w.loc())));
@@ -272,7 +297,7 @@ unsafe fn cublas_gemm(gpu: &crate::Gpu, op: &'static str, p: Problem, spec: Gemm
         c_int::try_from(v).map_err(|_| Error::Shape { op, arg: "a", expected: format!("{what} < 2^31 (cuBLAS)"), got: vec![v] })
     };
     let (m, n, k) = (int(p.m, "M")?, int(p.n, "N")?, int(p.k, "K")?);
-    let (lda, ldb) = (int(p.a.cols, "a's columns")?, int(p.b.cols, "b's columns")?);
+    let (lda, ldb, ldc) = (int(p.a.ld, "a's row pitch")?, int(p.b.ld, "b's row pitch")?, int(p.c.ld, "c's row pitch")?);
     let stride = |l: Layout| if l.batch.is_some() { l.stride as c_longlong } else { 0 };
     let (sa, sb, sc) = (stride(p.a), stride(p.b), stride(p.c));
     let start = |base: *const c_void, l: Layout, d: DType| (base as u64 + (l.offset * d.size()) as u64) as *const c_void;
@@ -323,7 +348,7 @@ unsafe fn cublas_gemm(gpu: &crate::Gpu, op: &'static str, p: Problem, spec: Gemm
                 (&spec.beta) as *const f32 as *const c_void,
                 off(c, sc, tc) as *mut c_void,
                 cuda_type(tc),
-                n,
+                ldc,
                 sc,
                 nb as c_int,
                 cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -342,11 +367,11 @@ fn cpu_products<T: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>, out
     let bv = super::host_f64(op, "b", b)?;
     let at = |bt: usize, i: usize, kk: usize| {
         let base = p.a.offset + if p.a.batch.is_some() { bt * p.a.stride } else { 0 };
-        av[base + if ta { kk * p.a.cols + i } else { i * p.a.cols + kk }]
+        av[base + if ta { kk * p.a.ld + i } else { i * p.a.ld + kk }]
     };
     let bt_ = |bt: usize, kk: usize, j: usize| {
         let base = p.b.offset + if p.b.batch.is_some() { bt * p.b.stride } else { 0 };
-        bv[base + if tb { j * p.b.cols + kk } else { kk * p.b.cols + j }]
+        bv[base + if tb { j * p.b.ld + kk } else { kk * p.b.ld + j }]
     };
     use rayon::prelude::*;
     out.par_chunks_mut(p.n).enumerate().for_each(|(row, o)| {
@@ -364,7 +389,7 @@ fn cpu_gemm<T: Real, C: Real>(op: &'static str, a: &View<'_, T>, b: &View<'_, T>
     let out = c.as_slice_mut().ok_or(Error::DeviceMismatch { op, arg: "c", expected: "cpu".into(), got: "cuda".into() })?;
     for bt in 0..p.batch {
         for (i, x) in prod[bt * p.m * p.n..][..p.m * p.n].iter().enumerate() {
-            let o = &mut out[p.c.offset + bt * p.c.stride + i];
+            let o = &mut out[p.c.offset + bt * p.c.stride + (i / p.n) * p.c.ld + i % p.n];
             let prev = if spec.beta != 0.0 { spec.beta as f64 * o.to_f64().unwrap_or(f64::NAN) } else { 0.0 };
             *o = C::round_f64(spec.alpha as f64 * *x + prev);
         }
