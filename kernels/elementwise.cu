@@ -6,10 +6,11 @@
  * cancellation in the tails: 0.5 (1 + tanh z) as sigm(2z), 0.5 (1 + erf) as erfc/2, 1 - tanh^2 and
  * s (1 - s) through exp(-|x|) (found by the emulator's f32-vs-f64 checks). The backward
  * recomputes f'(x) from the saved input x (saved: x only), dx = dy f'(x).
- * Floor: act_fwd 2 elements moved, act_bwd 3, axpby 3 (2 with beta = 0). Grid-stride loops.
+ * Floor: act_fwd 2 elements moved, act_bwd 3, axpby 3 (2 with beta = 0). Grid-stride loops over
+ * 16-byte vectors (scalar tail; scalar throughout when a pointer is not 16-byte aligned).
  */
 #include "elementwise.h"
-#include "elem.cuh"
+#include "vec.cuh"
 
 namespace {
 
@@ -56,29 +57,79 @@ __device__ __forceinline__ float dact(uint32_t op, float x) {
   }
 }
 
+/* Grid-stride over 16-byte vectors (N = 4 f32 / 8 bf16 elements: one ld/st.v4 per stream) when every
+ * pointer is 16-byte aligned, then over the n % N last elements; over single elements otherwise.
+ * The same per-element arithmetic on every path: results do not depend on the path or the grid. */
 template <typename T>
 __device__ __forceinline__ void act_fwd(const SnugElementwiseParams& P) {
+  constexpr int N = SnugVec<T>::N;
   const T* a = static_cast<const T*>(P.a);
   T* out = static_cast<T*>(P.out);
-  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < P.n; i += (uint64_t)gridDim.x * blockDim.x)
-    snug_st(out, i, act(P.act, snug_ld(a, i)));
+  const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x, stride = (uint64_t)gridDim.x * blockDim.x;
+  uint64_t done = 0;
+  if (snug_aligned16(a) && snug_aligned16(out)) {
+    const uint64_t nv = P.n / N;
+    for (uint64_t j = tid; j < nv; j += stride) {
+      float x[N];
+      snug_ld_vec(a, j, x);
+#pragma unroll
+      for (int k = 0; k < N; ++k) x[k] = act(P.act, x[k]);
+      snug_st_vec(out, j, x);
+    }
+    done = nv * N;
+  }
+  for (uint64_t i = done + tid; i < P.n; i += stride) snug_st(out, i, act(P.act, snug_ld(a, i)));
 }
 
 template <typename T>
 __device__ __forceinline__ void act_bwd(const SnugElementwiseParams& P) {
+  constexpr int N = SnugVec<T>::N;
   const T* a = static_cast<const T*>(P.a);
   const T* b = static_cast<const T*>(P.b);
   T* out = static_cast<T*>(P.out);
-  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < P.n; i += (uint64_t)gridDim.x * blockDim.x)
-    snug_st(out, i, snug_ld(b, i) * dact(P.act, snug_ld(a, i)));
+  const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x, stride = (uint64_t)gridDim.x * blockDim.x;
+  uint64_t done = 0;
+  if (snug_aligned16(a) && snug_aligned16(b) && snug_aligned16(out)) {
+    const uint64_t nv = P.n / N;
+    for (uint64_t j = tid; j < nv; j += stride) {
+      float x[N], dy[N];
+      snug_ld_vec(a, j, x);
+      snug_ld_vec(b, j, dy);
+#pragma unroll
+      for (int k = 0; k < N; ++k) x[k] = dy[k] * dact(P.act, x[k]);
+      snug_st_vec(out, j, x);
+    }
+    done = nv * N;
+  }
+  for (uint64_t i = done + tid; i < P.n; i += stride) snug_st(out, i, snug_ld(b, i) * dact(P.act, snug_ld(a, i)));
 }
 
 template <typename T>
 __device__ __forceinline__ void axpby(const SnugElementwiseParams& P) {
+  constexpr int N = SnugVec<T>::N;
   const T* a = static_cast<const T*>(P.a);
   const T* b = static_cast<const T*>(P.b);
   T* out = static_cast<T*>(P.out);
-  for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < P.n; i += (uint64_t)gridDim.x * blockDim.x) {
+  const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x, stride = (uint64_t)gridDim.x * blockDim.x;
+  uint64_t done = 0;
+  if (snug_aligned16(a) && snug_aligned16(b) && snug_aligned16(out)) {  // b NULL: aligned, never read
+    const uint64_t nv = P.n / N;
+    for (uint64_t j = tid; j < nv; j += stride) {
+      float v[N];
+      snug_ld_vec(a, j, v);
+#pragma unroll
+      for (int k = 0; k < N; ++k) v[k] = P.alpha * v[k];
+      if (b != nullptr) {
+        float w[N];
+        snug_ld_vec(b, j, w);
+#pragma unroll
+        for (int k = 0; k < N; ++k) v[k] = fmaf(P.beta, w[k], v[k]);
+      }
+      snug_st_vec(out, j, v);
+    }
+    done = nv * N;
+  }
+  for (uint64_t i = done + tid; i < P.n; i += stride) {
     float v = P.alpha * snug_ld(a, i);
     if (b != nullptr) v = fmaf(P.beta, snug_ld(b, i), v);
     snug_st(out, i, v);

@@ -66,3 +66,49 @@ fn gpu_mask_is_the_twins() {
     }
     assert_eq!(y, dx);
 }
+
+/// The kernel's paths agree bitwise and keep drawing the mask by global element index: 16-byte
+/// vectors plus a scalar tail (aligned views, m not a multiple of the vector width) vs the scalar
+/// loop (views one element off a 16-byte boundary), every pointer misaligned (offset + 1: the same
+/// draws) and only the output misaligned; f32 and bf16.
+fn gpu_paths_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, m: usize) {
+    let n = m - 1;
+    let (p, seed, offset) = (0.3f32, 5u64, u64::MAX - 2); // offset + i wraps at i = 3
+    let mut r = rng(3);
+    let x: Vec<T> = randn(&mut r, m, 1.0).into_iter().map(|v| T::from_f32(v).unwrap()).collect();
+    let bits = |v: &[T]| v.iter().map(|x| x.to_f64().unwrap().to_bits()).collect::<Vec<u64>>();
+    let mut plan = Plan::new();
+    let (bx, by, b1) = (plan.add::<T>("x", &[m], Role::Activation).unwrap(), plan.add::<T>("y", &[m], Role::Activation).unwrap(), plan.add::<T>("y1", &[m], Role::Activation).unwrap());
+    let mut arena = Arena::new(dev, &plan).unwrap();
+    arena.upload(bx, &x).unwrap();
+    poison(&mut arena, by).unwrap();
+    poison(&mut arena, b1).unwrap();
+    {
+        let v = arena.borrow();
+        dropout(v.read(bx).unwrap(), v.write(by).unwrap(), p, seed, offset).unwrap();
+        let (_, out) = v.write(b1).unwrap().split_at(1).unwrap();
+        dropout(v.read(bx).unwrap().narrow(1, n).unwrap(), out, p, seed, offset.wrapping_add(1)).unwrap();
+    }
+    let (y, y1) = (arena.download(by).unwrap(), bits(&arena.download(b1).unwrap()));
+    for (i, v) in y.iter().enumerate() {
+        assert_eq!(v.to_f64().unwrap() != 0.0, keep(seed, offset, i as u64, p), "{} mask differs at {i}", T::DTYPE);
+    }
+    let y = bits(&y);
+    assert!(y[1..] == y1[1..], "{}: every view misaligned differs from the aligned run", T::DTYPE);
+    poison(&mut arena, b1).unwrap();
+    {
+        let v = arena.borrow();
+        let (_, out) = v.write(b1).unwrap().split_at(1).unwrap();
+        dropout_backward(v.read(bx).unwrap().narrow(0, n).unwrap(), out, p, seed, offset).unwrap();
+    }
+    let y1 = bits(&arena.download(b1).unwrap());
+    assert!(y[..n] == y1[1..], "{}: the output misaligned differs from the aligned run", T::DTYPE);
+}
+
+#[test]
+fn gpu_vector_tail_and_scalar_paths_agree() {
+    let Some(dev) = gpu_or_skip("gpu_vector_tail_and_scalar_paths_agree") else { return };
+    gpu_paths_case::<f32>(&dev, 100_003); // tail 3 of 4
+    gpu_paths_case::<half::bf16>(&dev, 100_007); // tail 7 of 8
+    gpu_paths_case::<f32>(&dev, 2); // no vector at all
+}

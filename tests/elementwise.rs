@@ -120,3 +120,63 @@ fn gpu_matches_twin() {
     gpu_case::<f32>(&dev, 100_003, 4e-6);
     gpu_case::<half::bf16>(&dev, 10_007, 1e-2);
 }
+
+/// One of the fifteen kernel calls: 0..7 the activations forward, 7..14 backward (`g` = dy), 14
+/// axpby (`g` = b).
+fn call<T: snug::Element + snug::ops::Real>(op: usize, a: View<'_, T>, g: View<'_, T>, out: ViewMut<'_, T>) {
+    match op {
+        0..7 => activation(a, out, ALL[op]),
+        7..14 => activation_backward(a, g, out, ALL[op - 7]),
+        _ => axpby(1.5, a, -0.5, Some(g), out),
+    }
+    .unwrap();
+}
+
+/// The kernels' paths agree bitwise: 16-byte vectors plus a scalar tail (aligned views, m not a
+/// multiple of the vector width) vs the scalar loop (views one element off a 16-byte boundary, from
+/// `narrow` / `split_at`), with every pointer misaligned and with only the output misaligned.
+fn gpu_paths_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, m: usize) {
+    let n = m - 1;
+    let mut r = rng(11);
+    let cv = |v: Vec<f32>| v.into_iter().map(|x| T::from_f32(x).unwrap()).collect::<Vec<T>>();
+    let bits = |v: &[T]| v.iter().map(|x| x.to_f64().unwrap().to_bits()).collect::<Vec<u64>>();
+    let (x, dy, b) = (cv(randn(&mut r, m, 4.0)), cv(randn(&mut r, m, 1.0)), cv(randn(&mut r, m, 1.0)));
+    let mut plan = Plan::new();
+    let t: Vec<_> = ["x", "dy", "b", "y", "y1"].iter().map(|nm| plan.add::<T>(*nm, &[m], Role::Activation).unwrap()).collect();
+    let mut arena = Arena::new(dev, &plan).unwrap();
+    arena.upload(t[0], &x).unwrap();
+    arena.upload(t[1], &dy).unwrap();
+    arena.upload(t[2], &b).unwrap();
+    for op in 0..15 {
+        let g = if op == 14 { t[2] } else { t[1] };
+        poison(&mut arena, t[3]).unwrap();
+        poison(&mut arena, t[4]).unwrap();
+        {
+            let v = arena.borrow();
+            call(op, v.read(t[0]).unwrap(), v.read(g).unwrap(), v.write(t[3]).unwrap());
+        }
+        {
+            let v = arena.borrow();
+            let (_, out) = v.write(t[4]).unwrap().split_at(1).unwrap();
+            call(op, v.read(t[0]).unwrap().narrow(1, n).unwrap(), v.read(g).unwrap().narrow(1, n).unwrap(), out);
+        }
+        let (y, y1) = (bits(&arena.download(t[3]).unwrap()), bits(&arena.download(t[4]).unwrap()));
+        assert!(y[1..] == y1[1..], "{} op {op}: every view misaligned differs from the aligned run", T::DTYPE);
+        poison(&mut arena, t[4]).unwrap();
+        {
+            let v = arena.borrow();
+            let (_, out) = v.write(t[4]).unwrap().split_at(1).unwrap();
+            call(op, v.read(t[0]).unwrap().narrow(0, n).unwrap(), v.read(g).unwrap().narrow(0, n).unwrap(), out);
+        }
+        let y1 = bits(&arena.download(t[4]).unwrap());
+        assert!(y[..n] == y1[1..], "{} op {op}: the output misaligned differs from the aligned run", T::DTYPE);
+    }
+}
+
+#[test]
+fn gpu_vector_tail_and_scalar_paths_agree() {
+    let Some(dev) = gpu_or_skip("gpu_vector_tail_and_scalar_paths_agree") else { return };
+    gpu_paths_case::<f32>(&dev, 100_003); // tail 3 of 4
+    gpu_paths_case::<half::bf16>(&dev, 10_007); // tail 7 of 8
+    gpu_paths_case::<f32>(&dev, 3); // no vector at all
+}

@@ -44,11 +44,15 @@ fn run<T: Real>(op: &'static str, input: View<'_, T>, out: ViewMut<'_, T>, p: f3
             require_f32_or_bf16::<T>(op)?;
             let n = input.len() as u64;
             let prm = SnugDropoutParams { in_: input.device_ptr().unwrap_or(0) as *const c_void, out: out.device_ptr().unwrap_or(0) as *mut c_void, n, seed, offset, p, scale };
-            let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
+            // One 16-byte vector (4 f32 / 8 bf16 elements) per thread; the kernel grid-strides over
+            // the vectors, the n % 4 (8) tail and, when a pointer is not 16-byte aligned, every element.
+            let vec = if T::DTYPE == DType::BF16 { 8 } else { 4 };
+            let blocks = n.div_ceil(vec).div_ceil(256).clamp(1, 1 << 20) as u32;
             let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             let kernel = if T::DTYPE == DType::BF16 { "dropout_bf16" } else { "dropout_f32" };
             // SAFETY: in and out are device views of n elements of T on this handle (shapes
-            // checked); grid-stride over i < n.
+            // checked); grid-stride over i < n, 16-byte accesses only when both pointers are
+            // 16-byte aligned (checked in the kernel).
             unsafe { gpu.launch(op, "dropout", kernel, cfg, &prm) }
         }
     }

@@ -146,9 +146,13 @@ unsafe fn launch<T: Real>(gpu: &crate::Gpu, op: &'static str, which: &str, p: &S
         (_, DType::BF16) => "elementwise_axpby_bf16",
         _ => "elementwise_axpby_f32",
     };
-    let blocks = p.n.div_ceil(256).clamp(1, 1 << 20) as u32;
+    // One 16-byte vector (4 f32 / 8 bf16 elements) per thread; the kernels grid-stride over the
+    // vectors, the n % 4 (8) tail and, when a pointer is not 16-byte aligned, every element.
+    let vec = if T::DTYPE == DType::BF16 { 8 } else { 4 };
+    let blocks = p.n.div_ceil(vec).div_ceil(256).clamp(1, 1 << 20) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: forwarded from the caller (grid-stride loop over i < n).
+    // SAFETY: forwarded from the caller (grid-stride loops over i < n; 16-byte accesses only when
+    // every pointer is 16-byte aligned, checked in the kernel).
     unsafe { gpu.launch(op, "elementwise", kernel, cfg, p) }
 }
 

@@ -33,16 +33,22 @@ assert C.sizeof(DropParams) == 48 and DropParams.p.offset == 40
 
 # ---- Launch shape and parameters. These mirror src/ops/dropout.rs (run) and must be kept in sync
 # with it: dropout and dropout_backward launch the same kernel (dropout_bf16 for bf16, else
-# dropout_f32) on clamp(ceil(n / 256), 1, 2^20) blocks of 256, no shared memory, with p as given
-# (0 <= p < 1, checked), scale = 1 / (1 - p) computed in f32, seed and offset as given. (n > 256 *
-# 2^20, where the clamp bites, is too large to emulate: the grid-stride loop is exercised with small
-# grids passed explicitly instead.)
+# dropout_f32) on clamp(ceil(ceil(n / VEC) / 256), 1, 2^20) blocks of 256 (one 16-byte vector of
+# VEC = 4 f32 / 8 bf16 elements per thread), no shared memory, with p as given (0 <= p < 1, checked),
+# scale = 1 / (1 - p) computed in f32, seed and offset as given. The kernel grid-strides over the
+# n // VEC vectors when in and out are 16-byte aligned, then over the n % VEC tail, and over single
+# elements when one is not. (n > 256 * VEC * 2^20, where the clamp bites, is too large to emulate:
+# the grid-stride loop is exercised with small grids passed explicitly instead.)
 BLOCK = 256
 MAX_GRID = 1 << 20
 
 
-def grid_of(n):
-    return min(max(-(-n // BLOCK), 1), MAX_GRID)
+def vec_of(bf16):
+    return 8 if bf16 else 4
+
+
+def grid_of(n, bf16):
+    return min(max(-(-(-(-n // vec_of(bf16))) // BLOCK), 1), MAX_GRID)
 
 
 def scale_of(p):
@@ -138,21 +144,23 @@ class Bufs:
     def _sentinel(dtype):
         return F32_POISON if dtype == np.float32 else np.uint16(0x7FA5)
 
-    def put(self, a, dtype):
+    def put(self, a, dtype, shift=0):
+        """shift: the buffer starts `shift` elements after a 256-byte boundary (1: not 16-byte
+        aligned, the kernel's scalar path); those elements are guarded too."""
         a = np.ascontiguousarray(a, dtype).ravel()
         g = self.guard // a.itemsize
         s = np.full(g, self._sentinel(dtype), dtype)
-        base = self.mem.put(np.concatenate([s, a, s]), dtype)
-        ptr = base + g * a.itemsize
-        self.items[ptr] = (base, g, a.size, dtype)
+        base = self.mem.put(np.concatenate([s, np.full(shift, self._sentinel(dtype), dtype), a, s]), dtype)
+        ptr = base + (g + shift) * a.itemsize
+        self.items[ptr] = (base, g + shift, g, a.size, dtype)
         return ptr
 
     def get(self, ptr):
         """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g, n, dtype = self.items[ptr]
+        base, g0, g1, n, dtype = self.items[ptr]
         full = self.mem.get(base)
-        s = np.full(g, self._sentinel(dtype), dtype).tobytes()
-        return full[g:g + n].copy(), full[:g].tobytes() == s and full[g + n:].tobytes() == s
+        s0, s1 = (np.full(g, self._sentinel(dtype), dtype).tobytes() for g in (g0, g1))
+        return full[g0:g0 + n].copy(), full[:g0].tobytes() == s0 and full[g0 + n:].tobytes() == s1
 
 
 class Kernels:
@@ -161,8 +169,10 @@ class Kernels:
         for t in ("f32", "bf16"):
             emu.check_struct(f"dropout_{t}", DropParams)
 
-    def run(self, bf16, x, seed, offset, p, scale=None, grid=None, order=0, oseed=0, guard=0, poison=None):
-        """x: storage array (f32, or bf16 bits as uint16). out poisoned first (NaN, or `poison`).
+    def run(self, bf16, x, seed, offset, p, scale=None, grid=None, order=0, oseed=0, guard=0, poison=None,
+            shift=()):
+        """x: storage array (f32, or bf16 bits as uint16). out poisoned first (NaN, or `poison`);
+        shift: the names ('in', 'out') of the buffers to start one element past a 16-byte boundary.
         -> (out in storage form, [problems: guards, input changed])"""
         n = x.size
         dt = np.uint16 if bf16 else np.float32
@@ -172,10 +182,10 @@ class Kernels:
             fill = bf16_bits(np.array([poison]))[0] if bf16 else f32(poison)
         with Mem(self.emu) as mem:
             bufs = Bufs(mem, guard)
-            pin, pout = bufs.put(x, dt), bufs.put(np.full(n, fill, dt), dt)
+            pin, pout = bufs.put(x, dt, int("in" in shift)), bufs.put(np.full(n, fill, dt), dt, int("out" in shift))
             prm = DropParams(in_=pin, out=pout, n=n, seed=seed, offset=offset, p=float(f32(p)),
                              scale=float(scale_of(p) if scale is None else f32(scale)))
-            self.emu.launch(f"dropout_{'bf16' if bf16 else 'f32'}", prm, grid_of(n) if grid is None else grid, BLOCK,
+            self.emu.launch(f"dropout_{'bf16' if bf16 else 'f32'}", prm, grid_of(n, bf16) if grid is None else grid, BLOCK,
                             0, order, oseed)
             bad = []
             out, ok = bufs.get(pout)
@@ -214,10 +224,11 @@ def is_zero_bits(out, bf16):
 
 
 def run_case(K, ck, bf16, x, seed, offset, p, label, grid=None, guard=GUARD_BYTES, asan=False, scale=None,
-             mask_visible=True):
+             mask_visible=True, alts=()):
     """Runs one case in the three orders (+ a finite poison) and checks the output bitwise against the
     port; with mask_visible (no input that could give a zero when kept), the mask read off the output
-    (+0 where dropped) against keep_port separately. -> (out of the first run, the port's mask)."""
+    (+0 where dropped) against keep_port separately; alts: (shift, grid) variants run once each (forward
+    order) and required bitwise equal to the first run. -> (out of the first run, the port's mask)."""
     n = x.size
     mask = keep_port(seed, offset, n, p)
     sc = scale_of(p) if scale is None else f32(scale)
@@ -241,11 +252,21 @@ def run_case(K, ck, bf16, x, seed, offset, p, label, grid=None, guard=GUARD_BYTE
         bad.append("order-dependent")
     if not asan and runs[-1].tobytes() != out.tobytes():
         bad.append("depends on the output's prior contents (elements left unwritten)")
+    for sh, ag in alts:
+        alt, b = K.run(bf16, x, seed, offset, p, scale=scale, grid=ag if ag is not None else grid, guard=guard,
+                       shift=sh)
+        how = f"{'+'.join(sh)} shifted by one element (scalar path)" if sh else f"grid {ag}"
+        bad += [f"{how}: {v}" for v in b]
+        if alt.tobytes() != out.tobytes():
+            bad.append(f"{how}: not bitwise equal to the first run: " + first_diff(alt, out))
     t = "bf16" if bf16 else "f32"
-    g = grid_of(n) if grid is None else grid
+    g = grid_of(n, bf16) if grid is None else grid
     what = ("ASan: no report, " if asan else "") + ("mask and " if mask_visible else "") + \
         "values bitwise equal to the port" + \
         ("" if asan else ", guards and input intact, bitwise equal in 3 orders and under 2 poisons")
+    if alts:
+        what += "; " + ", ".join(f"{'+'.join(sh)} shifted by one element" if sh else f"grid {ag}" for sh, ag in alts) + \
+            " bitwise equal to it"
     ck.check(f"dropout_{t} n {n} grid {g}{' (launcher)' if grid is None else ' (explicit)'} seed {seed:#x} offset "
              f"{offset:#x} p {float(f32(p)):.9g}{' scale ' + str(float(sc)) if scale is not None else ''} {label}: "
              f"{what}", not bad, "; ".join(bad) if bad else f"[{int(mask.sum())} of {n} kept]")
@@ -266,13 +287,14 @@ CASES = [
     (256, None, M64, 0, 0.5, "seed 2^64-1, one full block"),
     (257, None, 7, M64 - 100, 0.5, "offset 2^64-101: offset + i wraps at i = 101"),
     (257, None, M64, M64, 0.15, "seed and offset 2^64-1: wraps at i = 1"),
-    (100003, None, 99, 12345, 0.15, "391 blocks, tail 163 (the GPU test's seed, offset, p)"),
+    (100003, None, 99, 12345, 0.15, "several blocks, tail 3 in f32 and bf16 (the GPU test's seed, offset, p)"),
     (100003, None, 0x0123456789ABCDEF, 1 << 63, 0.999, "p 0.999 (about 100 kept, scale ~1000), offset 2^63"),
-    (5000, 3, 42, 1 << 40, 0.3, "grid-stride, 7 rounds"),
-    (1000, 1, 5, 0, 0.5, "grid-stride, 4 rounds on one block"),
-    (3000, 7, M64, M64 - 1500, 0.7, "grid-stride, 2 rounds, offset wrapping"),
-    (257, 1, 1, 2, 0.5, "grid-stride: one block, exactly one element in the second round"),
+    (20000, 3, 42, 1 << 40, 0.3, "grid-stride"),
+    (4000, 1, 5, 0, 0.5, "grid-stride on one block"),
+    (24000, 7, M64, M64 - 1500, 0.7, "grid-stride, offset wrapping"),
+    (lambda v: 257 * v + 1, 1, 1, 2, 0.5, "grid-stride: one block, exactly one vector in the second round, tail 1"),
 ]
+# (An n given as a function of VEC is that function's value; the label's "rounds" are vector rounds.)
 
 
 def bf16_vs_twin(ck, x, mask, sc, out, label):
@@ -297,6 +319,9 @@ def part_mask(bf16):
     def part(K, ck, rng, asan=False):
         guard = 0 if asan else GUARD_BYTES
         for n, grid, seed, offset, p, what in CASES:
+            n = n(vec_of(bf16)) if callable(n) else n
+            if grid is not None:
+                what += f" ({-(-(n // vec_of(bf16)) // (grid * BLOCK))} vector rounds)"
             x = normal_input(rng, n, bf16)
             out, mask = run_case(K, ck, bf16, x, seed, offset, p, what, grid=grid, guard=guard, asan=asan)
             if bf16 and not asan and n >= 1000:
@@ -308,6 +333,42 @@ def part_mask(bf16):
                 sd = (100003 * p * (1 - p)) ** 0.5
                 ck.check(f"kept fraction at p {p}: {k} of 100003 within 6 sd of {(1 - p) * 100003:.0f}",
                          abs(k - (1 - p) * 100003) < 6 * sd)
+    return part
+
+
+# ---- The vector path and its fallbacks. With in and out 16-byte aligned the kernel loads and
+# stores VEC elements at a time (the mask still drawn per global element index i = VEC j + k), then
+# the n % VEC tail one by one; with either one element past a 16-byte boundary it runs the scalar
+# loop (the pre-vector kernel's) over every element. Each case: the launcher's grid in 3 orders and 2
+# poisons, mask and values bitwise vs the port, then in, out and both shifted by one element (the
+# scalar path) and, where the launcher's grid has more than one block, one block (grid-stride), each
+# bitwise equal to the aligned run. Shapes: every tail length 0 .. VEC-1 after 0 (n < VEC: no vector),
+# 1, 300 and 512 vectors (512 = exactly two blocks of vectors), and 100,003 (the GPU test's) on an
+# offset that wraps past 2^64 inside a vector.
+def vector_shapes(bf16, full=True):
+    v = vec_of(bf16)
+    ms = (0, 1, 300, 512) if full else (0, 1, 300)
+    return [m * v + r for m in ms for r in range(v) if full or m != 300 or r in (0, v - 1)]
+
+
+def part_vector(bf16, asan=False):
+    def part(K, ck, rng):
+        guard = 0 if asan else GUARD_BYTES
+        for n in vector_shapes(bf16, full=not asan):
+            x = normal_input(rng, n, bf16)
+            alts = [(("in",), None), (("out",), None), (("in", "out"), None)] + \
+                ([((), 1)] if grid_of(n, bf16) > 1 else [])
+            run_case(K, ck, bf16, x, 0xC0FFEE, 1000 + n, 0.4, f"vector path: {n // vec_of(bf16)} x {vec_of(bf16)} + "
+                     f"tail {n % vec_of(bf16)}", guard=guard, asan=asan, alts=alts)
+        if asan:
+            return
+        # Past 2^64 in the middle of a vector (offset + i wraps at i = 6), and a larger case.
+        x = normal_input(rng, 4099, bf16)
+        run_case(K, ck, bf16, x, 5, M64 - 5, 0.5, "vector path, offset + i wraps at i = 6 (inside a vector)",
+                 alts=[(("in",), None), ((), 1), ((), 3)])
+        x = normal_input(rng, 100003, bf16)
+        run_case(K, ck, bf16, x, 99, 12345, 0.15, "vector path, the GPU test's case",
+                 alts=[(("out",), None), (("in", "out"), 7)])
     return part
 
 
@@ -484,19 +545,23 @@ def part_reference(K, ck, rng):
     got = bf16_bits_f64(np.array([v for v, _ in known]))
     ck.check("reference: f64 -> bf16 rounding once (ties to even, a tie broken 2^-40 above, signed zero, inf, NaN)",
              got.tolist() == [b for _, b in known], f"got {[hex(v) for v in got.tolist()]}")
-    ck.check("reference: grid_of = clamp(ceil(n / 256), 1, 2^20)",
-             [grid_of(n) for n in (0, 1, 256, 257, 100003, 1 << 28, (1 << 28) + 1, 1 << 40)] ==
-             [1, 1, 1, 2, 391, 1 << 20, 1 << 20, 1 << 20])
+    ck.check("reference: grid_of = clamp(ceil(ceil(n / VEC) / 256), 1, 2^20), VEC 4 (f32) / 8 (bf16)",
+             [grid_of(n, False) for n in (0, 1, 1024, 1025, 100003, 1 << 30, (1 << 30) + 1, 1 << 40)] ==
+             [1, 1, 1, 2, 98, 1 << 20, 1 << 20, 1 << 20] and
+             [grid_of(n, True) for n in (0, 1, 2048, 2049, 100003, 1 << 31, (1 << 31) + 1, 1 << 40)] ==
+             [1, 1, 1, 2, 49, 1 << 20, 1 << 20, 1 << 20])
 
 
 def part_asan(K, ck, rng):
     part_mask(False)(K, ck, rng, asan=True)
     part_mask(True)(K, ck, rng, asan=True)
     part_specials(K, ck, rng, asan=True)
+    part_vector(False, asan=True)(K, ck, rng)
+    part_vector(True, asan=True)(K, ck, rng)
 
 
 if __name__ == "__main__":
     run_main("dropout", __doc__, Kernels,
              {"mask_f32": part_mask(False), "mask_bf16": part_mask(True), "specials": part_specials,
-              "reference": part_reference},
+              "vector_f32": part_vector(False), "vector_bf16": part_vector(True), "reference": part_reference},
              {"bounds": part_asan}, seed=20240917)

@@ -35,16 +35,23 @@ class EwParams(C.Structure):
 
 
 # ---- Launch shape. This mirrors src/ops/elementwise.rs (launch) and must be kept in sync with it:
-# 256-thread blocks, grid clamp(ceil(n / 256), 1, 2^20), no shared memory; the kernels loop
-# grid-stride over i < n. (n > 256 * 2^20, where the clamp bites, is too large to emulate: the
-# grid-stride loop is exercised with small grids passed explicitly instead.) act_fwd passes b NULL,
-# alpha = beta = 0; act_bwd passes b = dy; axpby passes act 0 and b NULL when b is None, whatever beta.
+# 256-thread blocks, one 16-byte vector (VEC = 4 f32 / 8 bf16 elements) per thread: grid
+# clamp(ceil(ceil(n / VEC) / 256), 1, 2^20), no shared memory; the kernels loop grid-stride over the
+# n // VEC vectors when every pointer is 16-byte aligned, then over the n % VEC tail, and over single
+# elements when a pointer is not. (n > 256 * VEC * 2^20, where the clamp bites, is too large to
+# emulate: the grid-stride loop is exercised with small grids passed explicitly instead.) act_fwd
+# passes b NULL, alpha = beta = 0; act_bwd passes b = dy; axpby passes act 0 and b NULL when b is
+# None, whatever beta.
 BLOCK = 256
 MAX_GRID = 1 << 20
 
 
-def grid_of(n):
-    return min(max(-(-n // BLOCK), 1), MAX_GRID)
+def vec_of(bf16):
+    return 8 if bf16 else 4
+
+
+def grid_of(n, bf16):
+    return min(max(-(-(-(-n // vec_of(bf16))) // BLOCK), 1), MAX_GRID)
 
 
 def bf16_bits(x):
@@ -74,23 +81,25 @@ class Bufs:
     def _sentinel(dtype):
         return F32_POISON if dtype == np.float32 else np.uint16(0x7FA5)
 
-    def put(self, a, dtype):
+    def put(self, a, dtype, shift=0):
+        """shift: the buffer starts `shift` elements after a 256-byte boundary (1: not 16-byte
+        aligned, the kernels' scalar path); those elements are guarded too."""
         if a is None:
             return None
         a = np.ascontiguousarray(a, dtype).ravel()
         g = self.guard // a.itemsize
         s = np.full(g, self._sentinel(dtype), dtype)
-        base = self.mem.put(np.concatenate([s, a, s]), dtype)
-        ptr = base + g * a.itemsize
-        self.items[ptr] = (base, g, a.size, dtype)
+        base = self.mem.put(np.concatenate([s, np.full(shift, self._sentinel(dtype), dtype), a, s]), dtype)
+        ptr = base + (g + shift) * a.itemsize
+        self.items[ptr] = (base, g + shift, g, a.size, dtype)
         return ptr
 
     def get(self, ptr):
         """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g, n, dtype = self.items[ptr]
+        base, g0, g1, n, dtype = self.items[ptr]
         full = self.mem.get(base)
-        s = np.full(g, self._sentinel(dtype), dtype).tobytes()
-        return full[g:g + n].copy(), full[:g].tobytes() == s and full[g + n:].tobytes() == s
+        s0, s1 = (np.full(g, self._sentinel(dtype), dtype).tobytes() for g in (g0, g1))
+        return full[g0:g0 + n].copy(), full[:g0].tobytes() == s0 and full[g0 + n:].tobytes() == s1
 
 
 class Kernels:
@@ -101,10 +110,11 @@ class Kernels:
                 emu.check_struct(f"elementwise_{w}_{t}", EwParams)
 
     def run(self, which, bf16, a, b=None, act=0, alpha=0.0, beta=0.0, grid=None, order=0, seed=0, guard=0,
-            poison=None):
+            poison=None, shift=()):
         """which: 'act_fwd', 'act_bwd' (b = dy) or 'axpby'; a, b: f32 arrays (for bf16: rounded to bf16
         here, the kernel sees the bits). The output is poisoned first (NaN, or `poison`); grid: the
-        launcher's unless given. -> (out as f32 values, [problems: guards, changed inputs])"""
+        launcher's unless given; shift: the names ('a', 'b', 'out') of the buffers to start one
+        element past a 16-byte boundary. -> (out as f32 values, [problems: guards, changed inputs])"""
         n = a.size
         dt = np.uint16 if bf16 else np.float32
         store = (lambda v: bf16_bits(v)) if bf16 else (lambda v: np.ascontiguousarray(v, f32))
@@ -112,11 +122,11 @@ class Kernels:
         fill = F32_POISON if poison is None else f32(poison)
         with Mem(self.emu) as mem:
             bufs = Bufs(mem, guard)
-            pa, pb = bufs.put(ins["a"], dt), bufs.put(ins["b"], dt)
-            po = bufs.put(store(np.full(n, fill, f32)), dt)
+            pa, pb = bufs.put(ins["a"], dt, int("a" in shift)), bufs.put(ins["b"], dt, int("b" in shift))
+            po = bufs.put(store(np.full(n, fill, f32)), dt, int("out" in shift))
             prm = EwParams(a=pa, b=pb, out=po, n=n, act=act, alpha=alpha, beta=beta, reserved=0)
             self.emu.launch(f"elementwise_{which}_{'bf16' if bf16 else 'f32'}", prm,
-                            grid_of(n) if grid is None else grid, BLOCK, 0, order, seed)
+                            grid_of(n, bf16) if grid is None else grid, BLOCK, 0, order, seed)
             out, ok = bufs.get(po)
             bad = [] if ok else ["bytes written before / after out"]
             for name, p in (("a", pa), ("b", pb)):
@@ -315,15 +325,16 @@ def part_huge(K, ck, rng):
 
 
 # ---- Launch shapes: n around a block (1, 255, 256, 257), several blocks with a tail, n = 0 (grid 1,
-# nothing written), and the grid-stride loop with grids smaller than ceil(n / 256) (the clamp at
-# 2^20 blocks only bites above 2^28 elements). Values in [-2, 2] (the sweep covers the range).
-SHAPES = [(0, None), (1, None), (255, None), (256, None), (257, None), (4097, None), (257, 1), (1000, 1),
-          (5000, 3), (3000, 7)]
+# nothing written), and the grid-stride loop with grids smaller than the launcher's (the clamp at
+# 2^20 blocks only bites above 2^30 f32 / 2^31 bf16 elements). Values in [-2, 2] (the sweep covers the range).
+SHAPES = [(0, None), (1, None), (255, None), (256, None), (257, None), (4097, None), (257, 1), (4000, 1),
+          (20000, 3), (24000, 7)]
 
 
-def shape_label(n, grid):
-    g = grid_of(n) if grid is None else grid
-    return f"n={n} grid {g}{' (launcher)' if grid is None else ' (grid-stride: ' + str(-(-n // (g * BLOCK))) + ' rounds)'}"
+def shape_label(n, grid, bf16):
+    g = grid_of(n, bf16) if grid is None else grid
+    rounds = -(-(n // vec_of(bf16)) // (g * BLOCK))
+    return f"n={n} grid {g}{' (launcher)' if grid is None else f' (grid-stride: {rounds} vector rounds)'}"
 
 
 def part_shapes(K, ck, rng, asan=False):
@@ -361,7 +372,7 @@ def part_shapes(K, ck, rng, asan=False):
             what = ("ASan: no report, values as the reference" if asan else
                     "every element written, guards/inputs intact, values as the reference, bitwise equal in 3 "
                     "orders and under 2 poisons")
-            ck.check(f"elementwise {t} {shape_label(n, grid)}: act_fwd/act_bwd x 7 activations, axpby with and "
+            ck.check(f"elementwise {t} {shape_label(n, grid, bf16)}: act_fwd/act_bwd x 7 activations, axpby with and "
                      f"without b: {what}", not problems, "; ".join(problems[:6]) if problems else f"[worst {worst:.2f} tol]")
 
 
@@ -411,7 +422,7 @@ AXPBY_CASES = [
     (301, None, 1.5, 0.0, True, "beta 0 with b"),
     (1, None, 0.0, 0.0, True, "alpha = beta = 0"),
     (299, None, -1.0, -0.25, True, "both negative"),
-    (5000, 3, 1.0, -1.0, True, "cancellation (b = a (1 + 1e-6 N)), grid-stride grid 3"),
+    (20000, 3, 1.0, -1.0, True, "cancellation (b = a (1 + 1e-6 N)), grid-stride grid 3"),
     (4097, None, 1e-3, 1e3, True, "scaled"),
 ]
 
@@ -456,7 +467,7 @@ def part_axpby(K, ck, rng, asan=False):
         a, b = axpby_inputs(rng, n, what)
         for bf16 in (False, True):
             check_axpby(K, ck, bf16, a, b if with_b else None, alpha, beta, grid,
-                        f"{shape_label(n, grid)}, alpha {alpha:g} beta {beta:g}: {what}", guard, asan)
+                        f"{shape_label(n, grid, bf16)}, alpha {alpha:g} beta {beta:g}: {what}", guard, asan)
     # Specials: ±0 (signed-zero sums), inf, NaN, subnormals, overflow of alpha a and of the sum.
     a = np.array([0.0, -0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, 1e-40, 3e38, 2e38, -1.0, 1.0], f32)
     b = np.array([0.0, 0.0, -0.0, 1.0, np.inf, 1.0, np.nan, 1e-40, 1.0, 2e38, 1.0, -1.0], f32)
@@ -467,6 +478,81 @@ def part_axpby(K, ck, rng, asan=False):
                             f"alpha {alpha:g} beta {beta:g}", guard)
                 check_axpby(K, ck, bf16, a, None, alpha, beta, None, f"specials, b NULL, alpha {alpha:g} beta {beta:g}",
                             guard)
+
+
+# ---- The vector path and its fallbacks. With every pointer 16-byte aligned the kernels load and
+# store VEC elements at a time, then the n % VEC tail one by one; with any pointer one element past a
+# 16-byte boundary they run the scalar loop (the pre-vector kernel's) over every element. Each case:
+# every kernel (7 activations forward and backward, axpby with b and with b NULL) aligned on the
+# launcher's grid vs the reference (3 orders, 2 poisons, guards, inputs), then again with a, b, out
+# shifted by one element each and all together (the scalar path) and, where the launcher's grid has
+# more than one block, on one block (grid-stride): each of these bitwise equal to the aligned run.
+# Shapes: every tail length 0 .. VEC-1 after 0 (n < VEC: no vector at all), 1, 300 and 512 vectors
+# (512 = exactly two blocks of vectors, so the tail lands past the last vector thread).
+def vector_shapes(bf16, full=True):
+    v = vec_of(bf16)
+    ms = (0, 1, 300, 512) if full else (0, 1, 300)
+    return [m * v + r for m in ms for r in range(v) if full or m != 300 or r in (0, v - 1)]
+
+
+def kernel_list():
+    """-> [(which, act, alpha, beta, uses dy, uses b)]"""
+    ks = [(w, act, 0.0, 0.0, w == "act_bwd", False) for act in range(len(ACTS)) for w in ("act_fwd", "act_bwd")]
+    return ks + [("axpby", 0, 1.0, -0.5, False, True), ("axpby", 0, 2.0, 0.0, False, False)]
+
+
+def part_vector(bf16, asan=False):
+    def part(K, ck, rng):
+        guard = 0 if asan else GUARD_BYTES
+        t = "bf16" if bf16 else "f32"
+        for n in vector_shapes(bf16, full=not asan):
+            x = rng.uniform(-3, 3, n).astype(f32)
+            x[rng.random(n) < 0.05] = np.nan
+            dy = rng.standard_normal(n).astype(f32)
+            b = rng.standard_normal(n).astype(f32)
+            problems, worst, launches = [], 0.0, 0
+            g0 = grid_of(n, bf16)
+            for which, act, alpha, beta, uses_dy, uses_b in kernel_list():
+                second = dy if uses_dy else (b if uses_b else None)
+                name = f"{which} {ACTS[act]}" if which != "axpby" else f"axpby b {'given' if uses_b else 'NULL'}"
+                got, bad = K.runs(which, bf16, x, second, guard=guard, asan=asan, act=act, alpha=alpha, beta=beta)
+                launches += 1 if asan else 4
+                xr = bf16_round(x) if bf16 else x
+                if which == "act_fwd":
+                    want = ref_f(act, xr)
+                    p, w = compare(got, want, tolerance(want, bf16), xr)
+                elif which == "act_bwd":
+                    dyr = bf16_round(dy) if bf16 else dy
+                    df, cancel = ref_df(act, xr)
+                    with np.errstate(all="ignore"):
+                        want = dyr.astype(np.float64) * df
+                    p, w = compare(got, want, tolerance(df, bf16, dyr, cancel), xr)
+                else:
+                    w = 0.0
+                    p = [] if same(got, axpby_port(bf16, x, second, alpha, beta)) else ["not bitwise equal to the port"]
+                worst = max(worst, w)
+                problems += [f"{name}: {m}" for m in p + bad]
+                ptrs = ["a", "out"] + (["b"] if second is not None else [])
+                alts = [(tuple([q]), None) for q in ptrs] + [(tuple(ptrs), None)] + ([((), 1)] if g0 > 1 else [])
+                for sh, grid in alts:
+                    alt, bad = K.run(which, bf16, x, second, act=act, alpha=alpha, beta=beta, grid=grid, guard=guard,
+                                     shift=sh)
+                    launches += 1
+                    how = f"{'+'.join(sh)} shifted by one element (scalar path)" if sh else f"grid {grid}"
+                    if alt.tobytes() != got.tobytes():
+                        d = np.flatnonzero(alt.view(np.uint32) != got.view(np.uint32))
+                        problems.append(f"{name}, {how}: {d.size} elements not bitwise equal to the aligned run "
+                                        f"(e.g. [{int(d[0])}])")
+                    problems += [f"{name}, {how}: {m}" for m in bad]
+            v = vec_of(bf16)
+            what = ("ASan: no report; " if asan else "") + \
+                "vs the reference; a, b, out each and all shifted by one element (scalar path)" + \
+                (" and grid 1" if g0 > 1 else "") + " bitwise equal to the aligned run" + \
+                ("" if asan else "; guards/inputs intact, 3 orders, 2 poisons")
+            ck.check(f"elementwise {t} vector path n={n} = {n // v} x {v} + tail {n % v}, grid {g0} (launcher): "
+                     f"act_fwd/act_bwd x 7, axpby with/without b: {what}", not problems,
+                     "; ".join(problems[:6]) if problems else f"[worst {worst:.2f} tol, {launches} launches]")
+    return part
 
 
 # ---- The reference itself: known values (tests/elementwise.rs twin_matches_known_values), f' vs
@@ -497,8 +583,13 @@ def part_asan(K, ck, rng):
     part_axpby(K, ck, rng, asan=True)
 
 
+def part_asan_vector(K, ck, rng):
+    part_vector(False, asan=True)(K, ck, rng)
+    part_vector(True, asan=True)(K, ck, rng)
+
+
 if __name__ == "__main__":
     run_main("elementwise", __doc__, Kernels,
              {"f32": part_f32, "bf16": part_bf16, "huge": part_huge, "shapes": part_shapes, "axpby": part_axpby,
-              "reference": part_reference},
-             {"bounds": part_asan}, seed=20240815)
+              "vector_f32": part_vector(False), "vector_bf16": part_vector(True), "reference": part_reference},
+             {"bounds": part_asan, "bounds_vector": part_asan_vector}, seed=20240815)
