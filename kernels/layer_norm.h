@@ -4,7 +4,9 @@
 
 #include "common.h"
 
-/* Rows of rows per partial of the parameter gradients (layer_norm_bwd_params). */
+/* Rows per chunk of the parameter-gradient partials over channels (I > 1); over the last dimension
+ * (I = 1) the launcher uses 512 (src/ops/layer_norm.rs). The kernels only see P.chunks: chunk k is
+ * rows [k R / chunks, (k + 1) R / chunks), R = O I. */
 #define SNUG_LN_CHUNK_ROWS 4096
 
 /* x is (O, C, I): normalised over C for every (o, i) "row"; element (o, c, i) at o C I + c I + i.
@@ -26,9 +28,9 @@ typedef struct SnugLayerNormParams {
   uint64_t o;
   uint64_t i;
   uint32_t c;
-  uint32_t tpr;             /* threads per row: 32 when I = 1 (lanes over C), else 1 */
+  uint32_t tpr;             /* row kernels (I = 1): lanes per row, a power of two 4..32; else 1 */
   float eps;
-  uint32_t chunks;          /* ceil(O I / SNUG_LN_CHUNK_ROWS) */
+  uint32_t chunks;          /* backward: parameter-gradient chunks, 1..65535 (backward_workspace_bytes) */
 } SnugLayerNormParams;
 
 SNUG_ASSERT_SIZE(SnugLayerNormParams, 120);

@@ -1,6 +1,8 @@
 //! LayerNorm over the last dimension and over channels: the f64 twin against a hand computation
-//! and the normalisation identities, gradients vs finite differences, the GPU kernels vs the twin
-//! (f32 and bf16, several 4,096-row chunks, both mappings), determinism; bad input.
+//! and the normalisation identities, gradients vs finite differences, the backward workspace's
+//! size, the GPU kernels vs the twin (f32 and bf16, several parameter-gradient chunks, both
+//! mappings, C split into slices evenly and not, in one and in several register segments),
+//! determinism and independence of a row's results from the other rows; bad input.
 
 use snug::ops::layer_norm::{backward_workspace_bytes, layer_norm, layer_norm_backward, ln_dims, Axis};
 use snug::testing::{gpu_or_skip, poison, randn, rng};
@@ -127,6 +129,20 @@ fn backward_matches_finite_differences() {
 }
 
 #[test]
+fn backward_workspace_is_a_function_of_the_shape() {
+    // chunks·2·C·4 bytes: chunks of 512 rows over the last dimension, of 4,096 over channels, at
+    // most 65,535 chunks (longer chunks beyond).
+    let ws = |shape: &[usize], axis| backward_workspace_bytes(ln_dims(shape, axis).unwrap());
+    assert_eq!(ws(&[8, 19, 960, 64], Axis::Last), 4 * 285 * 2 * 64);
+    assert_eq!(ws(&[4, 256, 256, 256], Axis::Channels), 4 * 64 * 2 * 256);
+    assert_eq!(ws(&[8, 512, 960], Axis::Channels), 4 * 2 * 2 * 512);
+    assert_eq!(ws(&[3, 5], Axis::Last), 4 * 2 * 5);
+    assert_eq!(ws(&[7, 40, 1], Axis::Channels), 4 * 2 * 40); // I = 1: the last-dimension mapping
+    assert_eq!(ws(&[1 << 26, 2], Axis::Last), 4 * 65_535 * 2 * 2);
+    assert_eq!(ws(&[1, 1, 1 << 29], Axis::Channels), 4 * 65_535 * 2);
+}
+
+#[test]
 fn bad_input_is_a_typed_error() {
     let x = vec![0.0f64; 12];
     let mut y = vec![0.0f64; 12];
@@ -223,10 +239,68 @@ fn gpu_case<T: snug::Element + snug::ops::Real>(dev: &snug::Device, shape: &[usi
 #[test]
 fn gpu_matches_twin() {
     let Some(dev) = gpu_or_skip("gpu_matches_twin") else { return };
-    // Last axis (a warp per row): V3's d_model 64 rows and a ragged C; channels (a thread per
-    // pixel): the BEV map's C 256 and a [B, C, L] with more than one 4,096-row chunk.
-    for (shape, axis) in [(vec![8usize, 19, 960, 64], Axis::Last), (vec![7, 1000], Axis::Last), (vec![2, 256, 33, 31], Axis::Channels), (vec![2, 16, 3000], Axis::Channels), (vec![5, 3], Axis::Last)] {
+    // Last axis (lanes of a warp per row): V3's d_model 64 rows (285 parameter chunks), a C of
+    // 1000 (four register segments per lane), 1,100 rows of C 40 (3 chunks, a partial 32-channel
+    // tile), C 3. Channels (lanes over pixels, warps over C-slices): the BEV map's C 256 (16 slices
+    // of 16), C 512 over few pixels ([8, 512, 960] scaled down: 16 slices of 32, several segments),
+    // C 35 (slices of 12, 12, 11), a [B, C, L] with C 16 and 2 chunks.
+    for (shape, axis) in [
+        (vec![8usize, 19, 960, 64], Axis::Last),
+        (vec![7, 1000], Axis::Last),
+        (vec![1100, 40], Axis::Last),
+        (vec![5, 3], Axis::Last),
+        (vec![2, 256, 33, 31], Axis::Channels),
+        (vec![3, 512, 96], Axis::Channels),
+        (vec![3, 35, 50], Axis::Channels),
+        (vec![2, 16, 3000], Axis::Channels),
+    ] {
         gpu_case::<f32>(&dev, &shape, axis, 1e-5);
         gpu_case::<half::bf16>(&dev, &shape, axis, 1e-2);
+    }
+}
+
+/// y, mean, rstd and dx of `x` (f32 on the GPU), as bits.
+fn gpu_bits(dev: &snug::Device, shape: &[usize], axis: Axis, x: &[f32], dy: &[f32], g: &[f32], b: &[f32]) -> [Vec<u32>; 4] {
+    let d = ln_dims(shape, axis).unwrap();
+    let mut plan = Plan::new();
+    let t: Vec<_> = ["x", "y", "dy", "dx"].iter().map(|nm| plan.add::<f32>(*nm, shape, Role::Activation).unwrap()).collect();
+    let p: Vec<_> = ["g", "b"].iter().map(|nm| plan.add::<f32>(*nm, &[d.c], Role::Param).unwrap()).collect();
+    let st: Vec<_> = ["mean", "rstd"].iter().map(|nm| plan.add::<f32>(*nm, &[d.rows()], Role::Saved).unwrap()).collect();
+    let mut arena = Arena::new(dev, &plan).unwrap();
+    arena.upload(t[0], x).unwrap();
+    arena.upload(t[2], dy).unwrap();
+    arena.upload(p[0], g).unwrap();
+    arena.upload(p[1], b).unwrap();
+    {
+        let v = arena.borrow();
+        layer_norm(v.read(t[0]).unwrap(), Some(v.read(p[0]).unwrap()), Some(v.read(p[1]).unwrap()), v.write(t[1]).unwrap(), v.write(st[0]).unwrap(), v.write(st[1]).unwrap(), axis, 1e-5).unwrap();
+    }
+    {
+        let v = arena.borrow();
+        layer_norm_backward(v.read(t[0]).unwrap(), Some(v.read(p[0]).unwrap()), v.read(t[2]).unwrap(), v.read(st[0]).unwrap(), v.read(st[1]).unwrap(), v.write(t[3]).unwrap(), None, None, None, axis).unwrap();
+    }
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+    [bits(arena.download(t[1]).unwrap()), bits(arena.download(st[0]).unwrap()), bits(arena.download(st[1]).unwrap()), bits(arena.download(t[3]).unwrap())]
+}
+
+#[test]
+fn gpu_rows_do_not_depend_on_the_other_rows() {
+    let Some(dev) = gpu_or_skip("gpu_rows_do_not_depend_on_the_other_rows") else { return };
+    // The kernels split C the same way for every shape with that C: the first `sub` rows of a
+    // tensor give the same bits alone as inside it (other batch size, length, grid).
+    for (shape, sub, axis) in [(vec![4usize, 512, 960], vec![1usize, 512, 33], Axis::Channels), (vec![2, 300, 45], vec![2, 300, 7], Axis::Channels), (vec![600, 64], vec![9, 64], Axis::Last)] {
+        let (d, ds) = (ln_dims(&shape, axis).unwrap(), ln_dims(&sub, axis).unwrap());
+        let mut rg = rng(7);
+        let (x, dy) = (randn(&mut rg, d.o * d.c * d.i, 2.0), randn(&mut rg, d.o * d.c * d.i, 1.0));
+        let (g, b) = (randn(&mut rg, d.c, 1.0), randn(&mut rg, d.c, 1.0));
+        let at = |o: usize, c: usize, i: usize| (o * d.c + c) * d.i + i;
+        let pick = |v: &[f32]| (0..ds.o).flat_map(|o| (0..d.c).flat_map(move |c| (0..ds.i).map(move |i| (o, c, i)))).map(|(o, c, i)| v[at(o, c, i)]).collect::<Vec<f32>>();
+        let full = gpu_bits(&dev, &shape, axis, &x, &dy, &g, &b);
+        let part = gpu_bits(&dev, &sub, axis, &pick(&x), &pick(&dy), &g, &b);
+        let pick_bits = |v: &[u32]| pick(&v.iter().map(|u| f32::from_bits(*u)).collect::<Vec<f32>>()).into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+        let pick_rows = |v: &[u32]| (0..ds.o).flat_map(|o| (0..ds.i).map(move |i| o * d.i + i)).map(|r| v[r]).collect::<Vec<u32>>();
+        assert!(pick_bits(&full[0]) == part[0], "{shape:?} vs {sub:?}: y differs");
+        assert!(pick_rows(&full[1]) == part[1] && pick_rows(&full[2]) == part[2], "{shape:?} vs {sub:?}: mean / rstd differ");
+        assert!(pick_bits(&full[3]) == part[3], "{shape:?} vs {sub:?}: dx differs");
     }
 }

@@ -18,6 +18,7 @@ pub const SNUG_ACT_TANH: u32 = 4;
 pub const SNUG_ACT_SOFTPLUS: u32 = 5;
 pub const SNUG_ACT_SIGMOID: u32 = 6;
 pub const SNUG_GRAD_NORM_CHUNK: u32 = 4096;
+pub const SNUG_GRAD_NORM_MAX_TENSORS: u32 = 64;
 pub const SNUG_LN_CHUNK_ROWS: u32 = 4096;
 pub const SNUG_LINEAR_CHUNK_ROWS: u32 = 4096;
 pub const SNUG_LOCAL_ATTN_MAX_D: u32 = 128;
@@ -503,6 +504,41 @@ const _: () = {
         [::core::mem::offset_of!(SnugGemmSumParams, beta) - 36usize];
 };
 impl Default for SnugGemmSumParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugGradNormMultiParams {
+    pub x: [*const ::core::ffi::c_void; 64usize],
+    pub n: [u64; 64usize],
+    pub part: *mut f32,
+    pub first: [u32; 65usize],
+    pub count: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugGradNormMultiParams"]
+        [::core::mem::size_of::<SnugGradNormMultiParams>() - 1296usize];
+    ["Alignment of SnugGradNormMultiParams"]
+        [::core::mem::align_of::<SnugGradNormMultiParams>() - 8usize];
+    ["Offset of field: SnugGradNormMultiParams::x"]
+        [::core::mem::offset_of!(SnugGradNormMultiParams, x) - 0usize];
+    ["Offset of field: SnugGradNormMultiParams::n"]
+        [::core::mem::offset_of!(SnugGradNormMultiParams, n) - 512usize];
+    ["Offset of field: SnugGradNormMultiParams::part"]
+        [::core::mem::offset_of!(SnugGradNormMultiParams, part) - 1024usize];
+    ["Offset of field: SnugGradNormMultiParams::first"]
+        [::core::mem::offset_of!(SnugGradNormMultiParams, first) - 1032usize];
+    ["Offset of field: SnugGradNormMultiParams::count"]
+        [::core::mem::offset_of!(SnugGradNormMultiParams, count) - 1292usize];
+};
+impl Default for SnugGradNormMultiParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

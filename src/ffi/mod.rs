@@ -48,4 +48,6 @@ unsafe impl cudarc::driver::DeviceRepr for SnugLinearParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugGradNormParams {}
 // SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugGradNormMultiParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugDropoutParams {}

@@ -25,7 +25,17 @@ use crate::{DType, Error, Result};
 
 const OP: &str = "layer_norm";
 const OP_BWD: &str = "layer_norm_backward";
+/// Rows per chunk of the parameter-gradient partials over channels (I > 1): a block per
+/// (channel, chunk) walks them.
 const CHUNK_ROWS: usize = ffi::SNUG_LN_CHUNK_ROWS as usize;
+/// Rows per chunk over the last dimension (I = 1), where a block per (32 channels, chunk) walks
+/// them with 8 warps: smaller chunks, so that V3's [8, 19, 960, 64] (2 channel tiles) still has
+/// hundreds of blocks.
+const CHUNK_ROWS_LAST: usize = 512;
+/// The launch grid's y limit: more rows than this many chunks' worth make the chunks longer.
+const MAX_CHUNKS: usize = 65_535;
+/// Block of the row kernels (I = 1) and of the parameter kernels.
+const BLOCK: u32 = 256;
 
 /// Which axis is normalised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,10 +96,31 @@ pub fn workspace_bytes(_d: LnDims) -> usize {
     0
 }
 
-/// Workspace of the GPU backward: per 4,096-row chunk the partial sums of dγ and dβ,
-/// `⌈rows/4096⌉·2·C·4` bytes (the CPU twin needs none).
+/// Workspace of the GPU backward: the partial sums of dγ and dβ per chunk of rows,
+/// `chunks·2·C·4` bytes with `chunks = min(⌈rows/R⌉, 65,535)`, `R` = 4,096 rows over channels
+/// (`I > 1`) and 512 over the last dimension (`I = 1`); a pure function of the shape (the CPU twin
+/// needs none).
 pub fn backward_workspace_bytes(d: LnDims) -> usize {
-    4 * d.rows().div_ceil(CHUNK_ROWS) * 2 * d.c
+    4 * chunks(d) * 2 * d.c
+}
+
+/// Chunks of rows of the parameter-gradient partials (balanced: chunk `k` is rows
+/// `[k·rows/chunks, (k+1)·rows/chunks)`).
+fn chunks(d: LnDims) -> usize {
+    d.rows().div_ceil(if d.i == 1 { CHUNK_ROWS_LAST } else { CHUNK_ROWS }).min(MAX_CHUNKS)
+}
+
+/// Lanes per row of the row kernels (`I = 1`): a power of two, 4..32, so that a lane holds at
+/// most 8 elements where `C ≤ 256` (V3's `C = 64`: 8 lanes, 4 rows per warp).
+fn lanes_per_row(c: usize) -> u32 {
+    c.div_ceil(8).next_power_of_two().clamp(4, 32) as u32
+}
+
+/// C-slices (warps per block) of the column kernels (`I > 1`): about 16 channels per slice, at
+/// most 16 slices (512 threads). A function of `C` alone: a row's sums, hence its bits, do not
+/// depend on how many rows there are or on the GPU.
+fn slices(c: usize) -> u32 {
+    c.div_ceil(16).clamp(1, 16) as u32
 }
 
 /// The forward. `mean` and `rstd` (`[rows]`, rows in `(o, i)` order) are written for the
@@ -133,8 +164,8 @@ pub fn layer_norm<T: Real, P: Real>(x: View<'_, T>, gamma: Option<View<'_, P>>, 
             require_f32::<P>(OP)?;
             let p = params(d, eps, [x.device_ptr(), y.device_ptr(), ptr(&gamma), ptr(&beta), mean.device_ptr(), rstd.device_ptr(), None, None, None, None, None]);
             // SAFETY: x, y are device views of the validated (O, C, I) shape, gamma/beta [C] or
-            // null, mean/rstd [rows] f32; one thread group per row reads its row and writes y and
-            // the row's statistics.
+            // null, mean/rstd [rows] f32; the threads of a row read it and write y and the row's
+            // statistics.
             unsafe { launch_rows::<T>(gpu, OP, "fwd", &p) }
         }
     }
@@ -217,7 +248,7 @@ pub fn layer_norm_backward<T: Real, P: Real>(
             require_f32_or_bf16::<T>(OP_BWD)?;
             require_f32::<P>(OP_BWD)?;
             let want_params = dgamma.is_some() || dbeta.is_some();
-            let chunks = d.rows().div_ceil(CHUNK_ROWS);
+            let chunks = chunks(d);
             let ws = match (&workspace, want_params) {
                 (_, false) => None,
                 (None, true) => return Err(Error::Value { op: OP_BWD, arg: "workspace", expected: "backward_workspace_bytes on the GPU".into(), got: "None".into() }),
@@ -225,9 +256,6 @@ pub fn layer_norm_backward<T: Real, P: Real>(
                     let want = backward_workspace_bytes(d) / 4;
                     if w.len() < want {
                         return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: w.len() });
-                    }
-                    if chunks > 65_535 || d.c > i32::MAX as usize {
-                        return Err(Error::Shape { op: OP_BWD, arg: "x", expected: "at most 65,535 × 4,096 rows".into(), got: x.shape().to_vec() });
                     }
                     w.device_ptr()
                 }
@@ -237,14 +265,23 @@ pub fn layer_norm_backward<T: Real, P: Real>(
             // SAFETY: x, dy, dx device views of the validated shape; mean/rstd [rows] f32; gamma,
             // dgamma, dbeta [C] or null; the workspace (checked) holds chunks·2·C floats. The
             // params kernel writes part[chunk][2][c] once each; the reduce kernel (after it, same
-            // stream) reads them and writes dgamma/dbeta.
+            // stream) reads them and writes dgamma/dbeta. Each launch gets the dynamic shared
+            // memory its kernel indexes (2·blockDim floats).
             unsafe {
                 launch_rows::<T>(gpu, OP_BWD, "bwd_dx", &p)?;
                 if want_params {
-                    let kernel = if T::DTYPE == DType::BF16 { "layer_norm_bwd_params_bf16" } else { "layer_norm_bwd_params_f32" };
-                    let cfg = LaunchConfig { grid_dim: (d.c as u32, chunks as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                    let bf16 = T::DTYPE == DType::BF16;
+                    // Last dimension: 32 channels per block (lanes), 8 warps over the chunk's rows;
+                    // channels: a block per channel, threads over the chunk's rows.
+                    let (kernel, gx) = match (d.i == 1, bf16) {
+                        (true, true) => ("layer_norm_bwd_params_bf16", d.c.div_ceil(32)),
+                        (true, false) => ("layer_norm_bwd_params_f32", d.c.div_ceil(32)),
+                        (false, true) => ("layer_norm_bwd_params_cols_bf16", d.c),
+                        (false, false) => ("layer_norm_bwd_params_cols_f32", d.c),
+                    };
+                    let cfg = LaunchConfig { grid_dim: (gx as u32, chunks as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 8 * BLOCK };
                     gpu.launch(OP_BWD, "layer_norm", kernel, cfg, &p)?;
-                    let cfg = LaunchConfig { grid_dim: (d.c.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                    let cfg = LaunchConfig { grid_dim: (d.c.div_ceil(32) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 8 * BLOCK };
                     gpu.launch(OP_BWD, "layer_norm", "layer_norm_reduce_f32", cfg, &p)?;
                 }
             }
@@ -273,26 +310,41 @@ fn params(d: LnDims, eps: f32, p: [Option<u64>; 11]) -> SnugLayerNormParams {
         o: d.o as u64,
         i: d.i as u64,
         c: d.c as u32,
-        tpr: if d.i == 1 { 32 } else { 1 },
+        tpr: if d.i == 1 { lanes_per_row(d.c) } else { 1 },
         eps,
         chunks: 0,
     }
 }
 
+/// The forward or `bwd_dx` pass. Last dimension (`I = 1`): the row kernels, `tpr` lanes per row
+/// (256-thread blocks). Channels (`I > 1`): the column kernels, a block per 32 consecutive rows
+/// with [`slices`]`(C)` warps splitting C, `2·32·S` floats of dynamic shared memory.
+///
 /// # Safety
-/// `p`'s pointers are device memory on `gpu` as `layer_norm_{which}_{T}` documents.
+/// `p`'s pointers are device memory on `gpu` as `layer_norm_{which}[_cols]_{T}` documents.
 unsafe fn launch_rows<T: Real>(gpu: &crate::Gpu, op: &'static str, which: &str, p: &SnugLayerNormParams) -> Result<()> {
-    let blocks = (p.o * p.i * p.tpr as u64).div_ceil(256);
+    let rows = p.o * p.i;
+    let cols = p.i > 1;
+    let (blocks, block, smem) = if cols {
+        let threads = 32 * slices(p.c as usize);
+        (rows.div_ceil(32), threads, 8 * threads)
+    } else {
+        ((rows * p.tpr as u64).div_ceil(BLOCK as u64), BLOCK, 0)
+    };
     if blocks > i32::MAX as u64 {
         return Err(Error::Shape { op, arg: "x", expected: "fewer than 2^31 blocks of rows".into(), got: vec![p.o as usize, p.c as usize, p.i as usize] });
     }
-    let kernel: &'static str = match (which, T::DTYPE) {
-        ("fwd", DType::BF16) => "layer_norm_fwd_bf16",
-        ("fwd", _) => "layer_norm_fwd_f32",
-        (_, DType::BF16) => "layer_norm_bwd_dx_bf16",
-        _ => "layer_norm_bwd_dx_f32",
+    let kernel: &'static str = match (which, cols, T::DTYPE) {
+        ("fwd", false, DType::BF16) => "layer_norm_fwd_bf16",
+        ("fwd", false, _) => "layer_norm_fwd_f32",
+        ("fwd", true, DType::BF16) => "layer_norm_fwd_cols_bf16",
+        ("fwd", true, _) => "layer_norm_fwd_cols_f32",
+        (_, false, DType::BF16) => "layer_norm_bwd_dx_bf16",
+        (_, false, _) => "layer_norm_bwd_dx_f32",
+        (_, true, DType::BF16) => "layer_norm_bwd_dx_cols_bf16",
+        (_, true, _) => "layer_norm_bwd_dx_cols_f32",
     };
-    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: smem };
     // SAFETY: forwarded from the caller.
     unsafe { gpu.launch(op, "layer_norm", kernel, cfg, p) }
 }

@@ -1,6 +1,7 @@
-"""Emulator driver for kernels/grad_norm.cu: grad_norm_partial_{f32,bf16} (per 4096-element chunk of a
-tensor, thread t sums the squares of elements t, t + 256, ... in order with fmaf, then a fixed 256-wide
-shared tree -> one f32 partial per chunk) and grad_norm_final_f32 (one block: thread t sums partials t,
+"""Emulator driver for kernels/grad_norm.cu: grad_norm_partial_{f32,bf16} (one launch per 64 non-empty
+tensors, their table by value; per 4096-element chunk of a tensor, the block found by a binary search
+over the table's first chunks, thread t sums the squares of elements t, t + 256, ... in order with
+fmaf, then a fixed 256-wide shared tree -> one f32 partial per chunk) and grad_norm_final_f32 (one block: thread t sums partials t,
 t + 256, ... in order, the tree, sqrtf -> out[0]), launched as src/ops/grad_norm.rs launches them,
 BITWISE against a numpy float32 port of the kernels' arithmetic (an exactly rounded fmaf) and against
 numpy f64 sqrt(sum of squares)."""
@@ -24,23 +25,36 @@ F32_POISON = np.uint32(0x7FA5A5A5).view(f32)  # a NaN
 ALT_POISON = f32(-7777.0)                     # a finite poison for one more run: nothing may depend on it
 
 
-# Mirror of kernels/grad_norm.h (size checked against the C struct: 32 bytes).
+# Mirrors of kernels/grad_norm.h (sizes checked against the C structs: 1296 and 32 bytes).
+MAX_TENSORS = 64  # SNUG_GRAD_NORM_MAX_TENSORS
+
+
+class GnMultiParams(C.Structure):
+    _fields_ = [("x", P * MAX_TENSORS), ("n", U64 * MAX_TENSORS), ("part", P),
+                ("first", C.c_uint32 * (MAX_TENSORS + 1)), ("count", C.c_uint32)]
+
+
 class GnParams(C.Structure):
     _fields_ = [("x", P), ("part", P), ("out", P), ("n", U64)]
 
 
+assert C.sizeof(GnMultiParams) == 1296 and GnMultiParams.n.offset == 512 and GnMultiParams.part.offset == 1024 \
+    and GnMultiParams.first.offset == 1032 and GnMultiParams.count.offset == 1292
 assert C.sizeof(GnParams) == 32 and GnParams.n.offset == 24
 
 
 # ---- Launch shapes and parameters. These mirror src/ops/grad_norm.rs and must be kept in sync with
-# it: workspace_bytes = 4 sum ceil(len / 4096) (the workspace may be longer); for each tensor in order,
-# empty ones skipped (no launch, no partial), grad_norm_partial_{t} on ceil(len / 4096) blocks of 256,
-# no shared memory, params x = the tensor, part = workspace + off (f32 elements), out NULL, n = len;
-# off += blocks. Then grad_norm_final_f32 on 1 block of 256 with x NULL, part = the workspace, out =
-# the norm, n = off (also when off is 0: every tensor empty). (A tensor of 2^43 elements, where the
-# launcher's i32 grid check bites, is too large to emulate.)
+# it: workspace_bytes = 4 sum ceil(len / 4096) (the workspace may be longer); the non-empty tensors in
+# order (empty ones: no entry, no partial) go into tables of up to 64 (a new table also before the
+# launch's blocks would pass i32::MAX), entry k: x = the tensor, n = len, first = the launch's blocks
+# before it; each table: grad_norm_partial_{t} on first[count] = its tensors' ceil(len / 4096) chunks
+# in blocks of 256, no shared memory, part = workspace + start (f32 elements: the partials before the
+# launch), unused entries zero. Then grad_norm_final_f32 on 1 block of 256 with x NULL, part = the
+# workspace, out = the norm, n = all partials (also when 0: every tensor empty: no partial launch).
+# (A tensor of 2^43 elements, where the launcher's i32 grid checks bite, is too large to emulate.)
 CHUNK = 4096  # SNUG_GRAD_NORM_CHUNK
 BLOCK = 256
+I32_MAX = 2 ** 31 - 1
 
 
 def blocks_of(n):
@@ -49,6 +63,23 @@ def blocks_of(n):
 
 def workspace_len(lens):
     return sum(blocks_of(n) for n in lens)
+
+
+def launch_plan(lens):
+    """-> [(start, [(tensor index, first), ...], blocks)]: the partial launches of grad_norm()."""
+    plan, start, off, table = [], 0, 0, []
+    for i, n in enumerate(lens):
+        if n == 0:
+            continue
+        b = blocks_of(n)
+        if len(table) == MAX_TENSORS or off - start + b > I32_MAX:
+            plan.append((start, table, off - start))
+            start, table = off, []
+        table.append((i, off - start))
+        off += b
+    if table:
+        plan.append((start, table, off - start))
+    return plan
 
 
 def bf16_bits(x):
@@ -98,8 +129,9 @@ class Bufs:
 class Kernels:
     def __init__(self, emu):
         self.emu = emu
-        for k in ("grad_norm_partial_f32", "grad_norm_partial_bf16", "grad_norm_final_f32"):
-            emu.check_struct(k, GnParams)
+        for k in ("grad_norm_partial_f32", "grad_norm_partial_bf16"):
+            emu.check_struct(k, GnMultiParams)
+        emu.check_struct("grad_norm_final_f32", GnParams)
 
     def run(self, bf16, tensors, order=0, seed=0, guard=0, poison=None, ws_extra=0):
         """tensors: storage arrays (f32, or bf16 bits as uint16; empty ones allowed). The workspace
@@ -114,14 +146,13 @@ class Kernels:
             pws = bufs.put(np.full(workspace_len(lens) + ws_extra, fill, f32), np.float32)
             pout = bufs.put(np.full(1, fill, f32), np.float32)
             kernel = f"grad_norm_partial_{'bf16' if bf16 else 'f32'}"
-            off = 0
-            for i, (p, n) in enumerate(zip(pts, lens)):
-                if n == 0:
-                    continue
-                prm = GnParams(x=p, part=pws + 4 * off, out=None, n=n)
-                self.emu.launch(kernel, prm, blocks_of(n), BLOCK, 0, order, seed + i)
-                off += blocks_of(n)
-            prm = GnParams(x=None, part=pws, out=pout, n=off)
+            for j, (start, table, blocks) in enumerate(launch_plan(lens)):
+                prm = GnMultiParams(part=pws + 4 * start, count=len(table))
+                for k, (i, first) in enumerate(table):
+                    prm.x[k], prm.n[k], prm.first[k] = pts[i], lens[i], first
+                prm.first[len(table)] = blocks
+                self.emu.launch(kernel, prm, blocks, BLOCK, 0, order, seed + j)
+            prm = GnParams(x=None, part=pws, out=pout, n=workspace_len(lens))
             self.emu.launch("grad_norm_final_f32", prm, 1, BLOCK, 0, order, seed + 1000)
             bad = []
             ws, ok = bufs.get(pws)
@@ -275,16 +306,25 @@ def check_case(K, ck, bf16, values, label, guard, asan, expect=None, f64=True, w
 def label_of(lens, ws_extra=0):
     parts = workspace_len(lens)
     shown = str(lens) if len(lens) <= 10 else f"[{len(lens)} tensors of 0..{max(lens)}, {lens.count(0)} empty]"
-    return (f"lens {shown} ({parts} partial{'s' if parts != 1 else ''}, {sum(1 for n in lens if n)} partial launch"
-            f"{'es' if sum(1 for n in lens if n) != 1 else ''}" + (f", workspace {ws_extra} longer" if ws_extra else "") + ")")
+    launches = [len(t) for _, t, _ in launch_plan(lens)]
+    return (f"lens {shown} ({parts} partial{'s' if parts != 1 else ''}, {len(launches)} partial launch"
+            f"{'es' if len(launches) != 1 else ''}" + (f" of {launches} tensors" if len(launches) > 1 else "") +
+            (f", workspace {ws_extra} longer" if ws_extra else "") + ")")
 
 
 # (tensor lengths, extra workspace): single tensors around the chunk and the block size, several tensors
 # with empty ones first, inside and last, every tensor empty (the final pass over 0 partials: norm +0),
-# and 320 small tensors (306 partials: the final pass's second round, threads 0..49).
+# 320 small tensors (306 partials: the final pass's second round, threads 0..49; 5 partial launches),
+# exactly one table (64 tensors), one more (65: a second launch of one tensor), and 150 tensors of
+# 1..9001 elements (1, 2 or 3 chunks, rarely a multiple of 4096) with every 7th empty (129 non-empty:
+# launches of 64, 64 and 1 tensors: 110, 97 and 2 blocks).
 MANY = [(i * 37) % 23 for i in range(320)]
+TABLE64 = [1 + (i * 611) % 5000 for i in range(64)]
+TABLE65 = TABLE64 + [4097]
+MIXED = [0 if i % 7 == 3 else 1 + (i * 1237) % 9001 for i in range(150)]
 SHAPES = [([1], 0), ([255], 0), ([256], 0), ([4095], 0), ([4096], 0), ([4097], 0), ([70000], 0),
-          ([0, 5000, 0, 4096, 1, 9000, 255, 0], 3), ([0, 17], 0), ([3, 70000, 4097], 0), (MANY, 1)]
+          ([0, 5000, 0, 4096, 1, 9000, 255, 0], 3), ([0, 17], 0), ([3, 70000, 4097], 0), (MANY, 1),
+          (TABLE64, 0), (TABLE65, 0), (MIXED, 2)]
 ASAN_SHAPES = [s for s, _ in SHAPES] + [[0], [0, 0]]
 
 
