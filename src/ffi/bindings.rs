@@ -188,6 +188,60 @@ impl Default for SnugConvReduceParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct SnugConv1dParams {
+    pub src: *const ::core::ffi::c_void,
+    pub dst: *mut ::core::ffi::c_void,
+    pub bias: *const ::core::ffi::c_void,
+    pub rows: u64,
+    pub channels: u32,
+    pub len_in: u32,
+    pub len_out: u32,
+    pub k: u32,
+    pub shift: i32,
+    pub stride: u32,
+    pub batch: u32,
+    pub out_is_t: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugConv1dParams"][::core::mem::size_of::<SnugConv1dParams>() - 64usize];
+    ["Alignment of SnugConv1dParams"][::core::mem::align_of::<SnugConv1dParams>() - 8usize];
+    ["Offset of field: SnugConv1dParams::src"]
+        [::core::mem::offset_of!(SnugConv1dParams, src) - 0usize];
+    ["Offset of field: SnugConv1dParams::dst"]
+        [::core::mem::offset_of!(SnugConv1dParams, dst) - 8usize];
+    ["Offset of field: SnugConv1dParams::bias"]
+        [::core::mem::offset_of!(SnugConv1dParams, bias) - 16usize];
+    ["Offset of field: SnugConv1dParams::rows"]
+        [::core::mem::offset_of!(SnugConv1dParams, rows) - 24usize];
+    ["Offset of field: SnugConv1dParams::channels"]
+        [::core::mem::offset_of!(SnugConv1dParams, channels) - 32usize];
+    ["Offset of field: SnugConv1dParams::len_in"]
+        [::core::mem::offset_of!(SnugConv1dParams, len_in) - 36usize];
+    ["Offset of field: SnugConv1dParams::len_out"]
+        [::core::mem::offset_of!(SnugConv1dParams, len_out) - 40usize];
+    ["Offset of field: SnugConv1dParams::k"]
+        [::core::mem::offset_of!(SnugConv1dParams, k) - 44usize];
+    ["Offset of field: SnugConv1dParams::shift"]
+        [::core::mem::offset_of!(SnugConv1dParams, shift) - 48usize];
+    ["Offset of field: SnugConv1dParams::stride"]
+        [::core::mem::offset_of!(SnugConv1dParams, stride) - 52usize];
+    ["Offset of field: SnugConv1dParams::batch"]
+        [::core::mem::offset_of!(SnugConv1dParams, batch) - 56usize];
+    ["Offset of field: SnugConv1dParams::out_is_t"]
+        [::core::mem::offset_of!(SnugConv1dParams, out_is_t) - 60usize];
+};
+impl Default for SnugConv1dParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct SnugDmlParams {
     pub params: *const ::core::ffi::c_void,
     pub grad: *mut ::core::ffi::c_void,

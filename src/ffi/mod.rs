@@ -32,6 +32,8 @@ unsafe impl cudarc::driver::DeviceRepr for SnugCausalConv1dParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugConvReduceParams {}
 // SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugConv1dParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugGemmSumParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugMambaAParams {}

@@ -141,6 +141,11 @@ macro_rules! device_and_reshape {
         pub fn device_ptr(&self) -> Option<u64> {
             matches!(self.loc, Loc::Cuda(_)).then_some(self.addr as u64)
         }
+        /// The address on the host or the device (for code shared by a kernel launch and its
+        /// host port, which read it through the same parameter struct).
+        pub(crate) fn raw_addr(&self) -> usize {
+            self.addr
+        }
         /// The same memory with another shape of the same element count.
         pub fn reshape(self, shape: &[usize]) -> Result<Self> {
             let s = host_shape("reshape", self.len(), shape)?;
@@ -245,6 +250,17 @@ impl<'a, T: Element> ViewMut<'a, T> {
         }
     }
     device_and_reshape!(ViewMut);
+
+    /// The same bytes as a flat view of `U` (e.g. a region of an f32 workspace used for bf16):
+    /// the byte length must be a multiple of `U`'s size and the address aligned for `U`.
+    pub(crate) fn cast<U: Element>(self) -> Result<ViewMut<'a, U>> {
+        let bytes = self.len() * std::mem::size_of::<T>();
+        let (su, au) = (std::mem::size_of::<U>(), std::mem::align_of::<U>());
+        if !bytes.is_multiple_of(su) || !self.addr.is_multiple_of(au) {
+            return Err(Error::Length { op: "ViewMut::cast", arg: "self", expected: format!("a multiple of {su} bytes at an address aligned to {au}"), got: bytes });
+        }
+        Ok(ViewMut { addr: self.addr, shape: Shape::new(&[bytes / su])?, loc: self.loc, _m: PhantomData })
+    }
 
     /// Splits a view into its first `at` elements and the rest, both flat (1-D; reshape them as
     /// needed): two disjoint mutable views of the same memory, e.g. one workspace carved in two.

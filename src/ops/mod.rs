@@ -5,6 +5,7 @@
 
 pub mod adamw;
 pub mod causal_conv1d;
+pub mod conv1d;
 pub mod dml;
 pub mod dropout;
 pub mod eigh;
@@ -117,6 +118,26 @@ pub(crate) fn store_f64<T: Real>(op: &'static str, arg: &'static str, dst: ViewM
         *o = T::round_f64(x);
     }
     Ok(())
+}
+
+/// Sets every element of a view to zero (all-zero bits): a fill on the host, an async memset on
+/// the view's GPU stream.
+pub(crate) fn zero<T: Element>(op: &'static str, v: &mut ViewMut<'_, T>) -> Result<()> {
+    let bytes = v.len() * std::mem::size_of::<T>();
+    match v.loc() {
+        Loc::Host => {
+            if let Some(s) = v.as_slice_mut() {
+                s.fill(<T as bytemuck::Zeroable>::zeroed());
+            }
+            Ok(())
+        }
+        Loc::Cuda(gpu) => {
+            gpu.context().bind_to_thread().map_err(|e| Error::driver(format!("{op}: binding the context"), e))?;
+            // SAFETY: the view is `bytes` bytes of device memory on this handle, uniquely
+            // borrowed; the memset is queued on its stream, ordered with the kernels around it.
+            unsafe { cudarc::driver::result::memset_d8_async(v.device_ptr().unwrap_or(0), 0, bytes, gpu.stream().cu_stream()) }.map_err(|e| Error::driver(format!("{op}: zeroing"), e))
+        }
+    }
 }
 
 /// GPU kernels templated on their storage: f32 or bf16 activations.
