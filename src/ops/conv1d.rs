@@ -118,7 +118,7 @@ pub fn conv1d_dims(x: &[usize], w: &[usize], spec: Conv1dSpec) -> Result<Conv1dD
         [o, cg, kk] if o >= 1 && o % g == 0 && cg == c_in / g && kk == k => o,
         _ => return Err(Error::Shape { op: OP, arg: "w", expected: format!("[C_out (a multiple of groups {g}), {}, {k}]", c_in / g), got: w.to_vec() }),
     };
-    let span = d.checked_mul(k - 1).ok_or_else(|| bad_spec("dilation", "dilation·(kernel−1) that fits in usize", d))?;
+    let span = d.checked_mul(k - 1).filter(|&v| v <= i32::MAX as usize).ok_or_else(|| bad_spec("dilation", "dilation·(kernel−1) below 2^31", d))?;
     let (pl, pr) = match padding {
         Padding::Both(p) => (p, p),
         Padding::Same if s == 1 => (span / 2, span - span / 2),
@@ -350,6 +350,42 @@ fn ptr_mut<T: crate::Element>(v: &ViewMut<'_, T>) -> *mut c_void {
     v.raw_addr() as *mut c_void
 }
 
+/// wp `[k, C_out, C_in/g]` (T) from w `[C_out, C_in/g, k]`.
+fn pack_weights<T: Real>(exec: Exec<'_>, op: &'static str, d: &Conv1dDims, spec: &Conv1dSpec, w: &View<'_, T>, wp: &ViewMut<'_, T>) -> Result<()> {
+    let cg = d.c_in / spec.groups;
+    let n = spec.kernel * d.c_out * cg;
+    if wp.len() < n {
+        return Err(Error::Length { op, arg: "workspace", expected: format!("{n} T for the packed weights"), got: wp.len() });
+    }
+    let mut p = params();
+    p.src = ptr(w);
+    p.dst = ptr_mut(wp);
+    p.rows = (d.c_out * cg) as u64;
+    p.channels = cg as u32;
+    p.k = spec.kernel as u32;
+    // SAFETY: w is [C_out, Cg, k] of T (validated); wp holds at least k·C_out·Cg T (checked).
+    unsafe { launch(exec, op, kernel_name("pack_w", T::DTYPE), n as u64, &p) }
+}
+
+/// xg `[B, C_in, L_out]` = x's samples `l·s + shift` (zero outside the map): one strided tap.
+fn gather_tap<T: Real>(exec: Exec<'_>, op: &'static str, d: &Conv1dDims, spec: &Conv1dSpec, x: &View<'_, T>, xg: &mut ViewMut<'_, T>, shift: i64) -> Result<()> {
+    let n = d.batch * d.c_in * d.l_out;
+    if xg.len() < n {
+        return Err(Error::Length { op, arg: "workspace", expected: format!("{n} T for the gathered tap"), got: xg.len() });
+    }
+    let mut q = params();
+    q.src = ptr(x);
+    q.dst = ptr_mut(xg);
+    q.rows = (d.batch * d.c_in) as u64;
+    q.channels = d.c_in as u32;
+    q.len_in = d.l_in as u32;
+    q.len_out = d.l_out as u32;
+    q.shift = shift as i32;
+    q.stride = spec.stride as u32;
+    // SAFETY: x is [B, C_in, L_in] of T (validated), xg holds B·C_in·L_out T (checked).
+    unsafe { launch(exec, op, kernel_name("gather", T::DTYPE), n as u64, &q) }
+}
+
 /// Taps in the order they are accumulated: a tap whose window covers every output (if any) first,
 /// so it can write with β = 0; then the others in increasing order. Returns the order and whether
 /// the first covers everything.
@@ -493,14 +529,7 @@ fn tap_forward<T: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>, w: View<
         // 1. Weights per tap: wp [k, C_out, Cg].
         let wp = take(&mut r_wp, "packed weights")?.cast::<T>()?;
         let wp_len = k * d.c_out * cg;
-        let mut p = params();
-        p.src = ptr(&w);
-        p.dst = ptr_mut(&wp);
-        p.rows = (d.c_out * cg) as u64;
-        p.channels = cg as u32;
-        p.k = k as u32;
-        // SAFETY: w is [C_out, Cg, k] of T; wp holds at least k·C_out·Cg T (region sized so).
-        unsafe { launch(exec, OP, kernel_name("pack_w", dt), wp_len as u64, &p)? };
+        pack_weights(exec, OP, &d, &spec, &w, &wp)?;
         let wp = wp.as_view().narrow(0, wp_len)?.reshape(&[k * d.c_out, cg])?;
         // 2. The accumulator: y itself (f32) or an f32 workspace (bf16).
         let mut y = y;
@@ -517,17 +546,7 @@ fn tap_forward<T: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>, w: View<
             let sh = shift(&d, &spec, j);
             let beta = if n == 0 && first_full { 0.0 } else { 1.0 };
             if let Some(xg) = xg.as_mut() {
-                let mut q = params();
-                q.src = ptr(&x);
-                q.dst = ptr_mut(&*xg);
-                q.rows = (d.batch * d.c_in) as u64;
-                q.channels = d.c_in as u32;
-                q.len_in = d.l_in as u32;
-                q.len_out = d.l_out as u32;
-                q.shift = sh as i32;
-                q.stride = spec.stride as u32;
-                // SAFETY: x is [B, C_in, L_in] of T, xg [B, C_in, L_out] of T (region sized so).
-                unsafe { launch(exec, OP, kernel_name("gather", dt), (d.batch * d.c_in * d.l_out) as u64, &q)? };
+                gather_tap(exec, OP, &d, &spec, &x, xg, sh)?;
             }
             for gi in 0..g {
                 let a = wp.clone().narrow(j * d.c_out + gi * cgo, cgo)?;
@@ -584,32 +603,12 @@ fn tap_backward<T: Real, P: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>
         let x4 = [d.batch, g, cg, d.l_in];
         let dy4 = [d.batch, g, cgo, d.l_out];
         let mut xg: Option<ViewMut<'_, T>> = if strided { Some(take(&mut r_xg, "gathered tap")?.cast::<T>()?.split_at(d.batch * d.c_in * d.l_out)?.0) } else { None };
-        let gather = |xg: &mut ViewMut<'_, T>, sh: i64| -> Result<()> {
-            let mut q = params();
-            q.src = ptr(&x);
-            q.dst = ptr_mut(xg);
-            q.rows = (d.batch * d.c_in) as u64;
-            q.channels = d.c_in as u32;
-            q.len_in = d.l_in as u32;
-            q.len_out = d.l_out as u32;
-            q.shift = sh as i32;
-            q.stride = spec.stride as u32;
-            // SAFETY: x is [B, C_in, L_in] of T, xg [B, C_in, L_out] of T.
-            unsafe { launch(exec, OP_BWD, kernel_name("gather", dt), (d.batch * d.c_in * d.l_out) as u64, &q) }
-        };
 
         // 1. dx.
         if let Some(mut dxv) = dx {
             let wp = take(&mut r_wp, "packed weights")?.cast::<T>()?;
             let wp_len = k * d.c_out * cg;
-            let mut p = params();
-            p.src = ptr(&w);
-            p.dst = ptr_mut(&wp);
-            p.rows = (d.c_out * cg) as u64;
-            p.channels = cg as u32;
-            p.k = k as u32;
-            // SAFETY: w is [C_out, Cg, k] of T; wp holds k·C_out·Cg T.
-            unsafe { launch(exec, OP_BWD, kernel_name("pack_w", dt), wp_len as u64, &p)? };
+            pack_weights(exec, OP_BWD, &d, &spec, &w, &wp)?;
             let wp = wp.as_view().narrow(0, wp_len)?.reshape(&[k * d.c_out, cg])?;
             let mut acc: ViewMut<'_, f32> = if dt == DType::F32 { dxv.reborrow().cast::<f32>()? } else { take(&mut r_acc, "dx accumulator")?.split_at(d.batch * d.c_in * d.l_in)?.0 };
             if strided {
@@ -680,7 +679,7 @@ fn tap_backward<T: Real, P: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>
         for j in 0..k {
             let sh = shift(&d, &spec, j);
             if let Some(xg) = xg.as_mut() {
-                gather(xg, sh)?;
+                gather_tap(exec, OP_BWD, &d, &spec, &x, xg, sh)?;
             }
             for gi in 0..g {
                 let (mut chunk, r) = rest.split_at(cgo * cg)?;
