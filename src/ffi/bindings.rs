@@ -1105,3 +1105,48 @@ impl Default for SnugScanReduceParams {
         }
     }
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct SnugWeightNormParams {
+    pub v: *const ::core::ffi::c_void,
+    pub g: *const ::core::ffi::c_void,
+    pub w: *mut ::core::ffi::c_void,
+    pub norms: *mut f32,
+    pub dw: *const ::core::ffi::c_void,
+    pub dv: *mut ::core::ffi::c_void,
+    pub dg: *mut ::core::ffi::c_void,
+    pub rows: u64,
+    pub n: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugWeightNormParams"][::core::mem::size_of::<SnugWeightNormParams>() - 72usize];
+    ["Alignment of SnugWeightNormParams"][::core::mem::align_of::<SnugWeightNormParams>() - 8usize];
+    ["Offset of field: SnugWeightNormParams::v"]
+        [::core::mem::offset_of!(SnugWeightNormParams, v) - 0usize];
+    ["Offset of field: SnugWeightNormParams::g"]
+        [::core::mem::offset_of!(SnugWeightNormParams, g) - 8usize];
+    ["Offset of field: SnugWeightNormParams::w"]
+        [::core::mem::offset_of!(SnugWeightNormParams, w) - 16usize];
+    ["Offset of field: SnugWeightNormParams::norms"]
+        [::core::mem::offset_of!(SnugWeightNormParams, norms) - 24usize];
+    ["Offset of field: SnugWeightNormParams::dw"]
+        [::core::mem::offset_of!(SnugWeightNormParams, dw) - 32usize];
+    ["Offset of field: SnugWeightNormParams::dv"]
+        [::core::mem::offset_of!(SnugWeightNormParams, dv) - 40usize];
+    ["Offset of field: SnugWeightNormParams::dg"]
+        [::core::mem::offset_of!(SnugWeightNormParams, dg) - 48usize];
+    ["Offset of field: SnugWeightNormParams::rows"]
+        [::core::mem::offset_of!(SnugWeightNormParams, rows) - 56usize];
+    ["Offset of field: SnugWeightNormParams::n"]
+        [::core::mem::offset_of!(SnugWeightNormParams, n) - 64usize];
+};
+impl Default for SnugWeightNormParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}

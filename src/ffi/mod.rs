@@ -53,3 +53,5 @@ unsafe impl cudarc::driver::DeviceRepr for SnugGradNormParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugGradNormMultiParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugDropoutParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugWeightNormParams {}

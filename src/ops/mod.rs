@@ -19,6 +19,7 @@ pub mod local_attn;
 pub mod local_graph_attention;
 pub mod mamba;
 pub mod selective_scan;
+pub mod weight_norm;
 
 use crate::memory::{Loc, View, ViewMut};
 use crate::{Arena, Borrows, Buf, Element, Error, Result};
