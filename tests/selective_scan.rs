@@ -347,6 +347,36 @@ struct DevDir {
     g_dd: [snug::Buf<f32>; 2],
 }
 
+/// One direction's inputs borrowed from a scope (a scope lends a buffer once, so the forward and
+/// the backward, in two scopes, each build their own).
+fn dev_dir<'a>(bw: &snug::Borrows<'a>, x: &DevDir, gate: bool) -> ScanDir<'a, f32> {
+    ScanDir {
+        u: bw.read(x.sdl[0]).unwrap(),
+        delta: bw.read(x.sdl[1]).unwrap(),
+        a: bw.read(x.a).unwrap(),
+        b: bw.read(x.snl[0]).unwrap(),
+        c: bw.read(x.snl[1]).unwrap(),
+        d_skip: Some(bw.read(x.dd[0]).unwrap()),
+        delta_bias: Some(bw.read(x.dd[1]).unwrap()),
+        z: gate.then(|| bw.read(x.sdl[2]).unwrap()),
+    }
+}
+
+/// The bf16 test's direction: activations `act` = [u, delta, b, c, z] (bf16), parameters
+/// `par` = [a, d, bias] (f32).
+fn bf16_dir<'a>(bw: &snug::Borrows<'a>, act: &[snug::Buf<half::bf16>], par: &[snug::Buf<f32>], gate: bool) -> ScanDir<'a, half::bf16, f32> {
+    ScanDir {
+        u: bw.read(act[0]).unwrap(),
+        delta: bw.read(act[1]).unwrap(),
+        a: bw.read(par[0]).unwrap(),
+        b: bw.read(act[2]).unwrap(),
+        c: bw.read(act[3]).unwrap(),
+        d_skip: Some(bw.read(par[1]).unwrap()),
+        delta_bias: Some(bw.read(par[2]).unwrap()),
+        z: gate.then(|| bw.read(act[4]).unwrap()),
+    }
+}
+
 fn plan_dir(plan: &mut Plan, k: usize, (s, d, l, n): (usize, usize, usize, usize)) -> DevDir {
     let mut add = |name: &str, shape: &[usize]| plan.add::<f32>(format!("{k}.{name}"), shape, Role::Activation).unwrap();
     DevDir {
@@ -409,16 +439,7 @@ fn gpu_backward_matches_twin() {
             arena.upload(bdout, &f32s(&dout)).unwrap();
             {
                 let bw = arena.borrow();
-                let mk = |x: &DevDir, gate: bool| ScanDir {
-                    u: bw.read(x.sdl[0]).unwrap(),
-                    delta: bw.read(x.sdl[1]).unwrap(),
-                    a: bw.read(x.a).unwrap(),
-                    b: bw.read(x.snl[0]).unwrap(),
-                    c: bw.read(x.snl[1]).unwrap(),
-                    d_skip: Some(bw.read(x.dd[0]).unwrap()),
-                    delta_bias: Some(bw.read(x.dd[1]).unwrap()),
-                    z: gate.then(|| bw.read(x.sdl[2]).unwrap()),
-                };
+                let mk = |x: &DevDir, gate: bool| dev_dir(&bw, x, gate);
                 let fv = mk(&dd[0], true);
                 let bv = two.then(|| mk(&dd[1], gated_rev));
                 selective_scan(&fv, bv.as_ref(), combine, bw.write(out).unwrap(), Some(bw.write(states).unwrap())).unwrap();
@@ -426,16 +447,7 @@ fn gpu_backward_matches_twin() {
             // A scope lends each buffer once: the forward writes `states`, the backward reads it.
             {
                 let bw = arena.borrow();
-                let mk = |x: &DevDir, gate: bool| ScanDir {
-                    u: bw.read(x.sdl[0]).unwrap(),
-                    delta: bw.read(x.sdl[1]).unwrap(),
-                    a: bw.read(x.a).unwrap(),
-                    b: bw.read(x.snl[0]).unwrap(),
-                    c: bw.read(x.snl[1]).unwrap(),
-                    d_skip: Some(bw.read(x.dd[0]).unwrap()),
-                    delta_bias: Some(bw.read(x.dd[1]).unwrap()),
-                    z: gate.then(|| bw.read(x.sdl[2]).unwrap()),
-                };
+                let mk = |x: &DevDir, gate: bool| dev_dir(&bw, x, gate);
                 let fv = mk(&dd[0], true);
                 let bv = two.then(|| mk(&dd[1], gated_rev));
                 let mkg = |x: &DevDir, gate: bool| ScanDirGrads {
@@ -585,19 +597,7 @@ fn gpu_bf16_matches_twin() {
             poison(&mut arena, ws).unwrap();
             {
                 let bw = arena.borrow();
-                let mk = |k: usize, gate: bool| {
-                    let (act, par, _, _) = &bufs[k];
-                    ScanDir {
-                        u: bw.read(act[0]).unwrap(),
-                        delta: bw.read(act[1]).unwrap(),
-                        a: bw.read(par[0]).unwrap(),
-                        b: bw.read(act[2]).unwrap(),
-                        c: bw.read(act[3]).unwrap(),
-                        d_skip: Some(bw.read(par[1]).unwrap()),
-                        delta_bias: Some(bw.read(par[2]).unwrap()),
-                        z: gate.then(|| bw.read(act[4]).unwrap()),
-                    }
-                };
+                let mk = |k: usize, gate: bool| bf16_dir(&bw, &bufs[k].0, &bufs[k].1, gate);
                 let fv = mk(0, true);
                 let bv = two.then(|| mk(1, gated_rev));
                 selective_scan(&fv, bv.as_ref(), combine, bw.write(out).unwrap(), Some(bw.write(states).unwrap())).unwrap();
@@ -605,19 +605,7 @@ fn gpu_bf16_matches_twin() {
             // A scope lends each buffer once: the forward writes `states`, the backward reads it.
             {
                 let bw = arena.borrow();
-                let mk = |k: usize, gate: bool| {
-                    let (act, par, _, _) = &bufs[k];
-                    ScanDir {
-                        u: bw.read(act[0]).unwrap(),
-                        delta: bw.read(act[1]).unwrap(),
-                        a: bw.read(par[0]).unwrap(),
-                        b: bw.read(act[2]).unwrap(),
-                        c: bw.read(act[3]).unwrap(),
-                        d_skip: Some(bw.read(par[1]).unwrap()),
-                        delta_bias: Some(bw.read(par[2]).unwrap()),
-                        z: gate.then(|| bw.read(act[4]).unwrap()),
-                    }
-                };
+                let mk = |k: usize, gate: bool| bf16_dir(&bw, &bufs[k].0, &bufs[k].1, gate);
                 let fv = mk(0, true);
                 let bv = two.then(|| mk(1, gated_rev));
                 let mkg = |k: usize, gate: bool| {
