@@ -3,7 +3,9 @@
 //! regenerates the launch-parameter bindings of `kernels/*.h` with bindgen when libclang is at hand.
 //!
 //! Outputs in `OUT_DIR`:
-//! - `<name>.fatbin`, `<name>.ptxas.log` per kernel file;
+//! - `<name>.fatbin`, `<name>.ptxas.log` per kernel file, and `<name>.key`: the hash of what the
+//!   compilation read (the file, the shared headers, nvcc, archs, this script); a file whose key is
+//!   unchanged is not recompiled, so editing one kernel recompiles one file;
 //! - `kernels.rs`: the embedded images and the parsed ptxas statistics (included by
 //!   `src/kernels.rs`);
 //! - `ffi.rs`: bindings regenerated from `kernels/*.h` (empty when no libclang was found); the
@@ -81,17 +83,42 @@ fn main() {
 
     let include_cccl = nvcc.parent().and_then(|b| b.parent()).map(|p| p.join("include").join("cccl")).filter(|p| p.is_dir());
 
-    // One nvcc per kernel file, in parallel: CI has 2 cores, a laptop more.
+    // What every kernel file's compilation depends on besides the file itself: the shared
+    // headers (*.h, *.cuh; read whole, so any include is covered), nvcc, its version, the archs.
+    let key = {
+        let mut bytes = format!("{}|{version}|{archs:?}|{lowest}|{:?}|", nvcc.display(), include_cccl).into_bytes();
+        for p in sources.iter().filter(|p| p.extension().is_some_and(|e| e != "cu")) {
+            bytes.extend(p.display().to_string().bytes());
+            bytes.extend(std::fs::read(p).unwrap_or_default());
+        }
+        bytes.extend(std::fs::read(root.join("build.rs")).unwrap_or_default());
+        format!("{:016x}", fnv1a(&bytes))
+    };
+
+    // One nvcc per kernel file, in parallel: CI has 2 cores, a laptop more. A file whose key
+    // (below) matches its last compilation in OUT_DIR is not recompiled.
     let results: Vec<(String, Result<Vec<Stat>, String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = cu
             .iter()
             .map(|src| {
                 let (nvcc, out, archs, kernels_dir, cccl) = (&nvcc, &out, &archs, &kernels_dir, &include_cccl);
+                let key = &key;
                 s.spawn(move || {
                     let name = stem(src);
-                    let r = compile(nvcc, src, &out.join(format!("{name}.fatbin")), archs, lowest, kernels_dir, cccl.as_deref());
+                    let (fatbin, log_path, key_path) = (out.join(format!("{name}.fatbin")), out.join(format!("{name}.ptxas.log")), out.join(format!("{name}.key")));
+                    // The key covers this file, every shared header and the compiler and flags:
+                    // an edit to one kernel file recompiles that file alone.
+                    let key = format!("{key}:{:016x}", fnv1a(&std::fs::read(src).unwrap_or_default()));
+                    if fatbin.is_file() && std::fs::read_to_string(&key_path).is_ok_and(|k| k == key) {
+                        if let Ok(log) = std::fs::read_to_string(&log_path) {
+                            return (name, Ok(parse_ptxas(&log)));
+                        }
+                    }
+                    let _ = std::fs::remove_file(&key_path);
+                    let r = compile(nvcc, src, &fatbin, archs, lowest, kernels_dir, cccl.as_deref());
                     let r = r.and_then(|log| {
-                        std::fs::write(out.join(format!("{name}.ptxas.log")), &log).map_err(|e| e.to_string())?;
+                        std::fs::write(&log_path, &log).map_err(|e| e.to_string())?;
+                        std::fs::write(&key_path, &key).map_err(|e| e.to_string())?;
                         Ok(parse_ptxas(&log))
                     });
                     (name, r)
@@ -131,6 +158,12 @@ fn main() {
         panic!("nvcc failed:\n{}", failed.join("\n"));
     }
     write_if_changed(&out.join("kernels.rs"), &gen);
+}
+
+/// FNV-1a, 64 bit: a stable content hash for the compile cache (std's hasher is not promised
+/// stable across Rust versions; a stale key would only cost a recompile, never a wrong image).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn stem(p: &Path) -> String {
