@@ -22,6 +22,7 @@
  */
 #include "dml.h"
 #include "elem.cuh"
+#include "rng.cuh"
 
 namespace {
 
@@ -139,18 +140,10 @@ __device__ __forceinline__ void dml_loss(const SnugDmlParams& P) {
   if (threadIdx.x == 0) P.loss[blockIdx.x] = red[0];
 }
 
-/* splitmix64: a counter-based stream (seed, position, draw) -> 64 random bits. */
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 /* Uniform in (0, 1): 23 random bits, centred in their cell — (k + 0.5) / 2^23 is exact in f32 and
  * never 0 or 1 (with 24 bits the top cell would round to 1). */
 __device__ __forceinline__ float uniform(uint64_t seed, uint64_t pos, uint32_t draw) {
-  const uint64_t r = mix64(mix64(seed ^ mix64(pos)) + draw);
+  const uint64_t r = snug_mix64(snug_mix64(seed ^ snug_mix64(pos)) + draw);  // (seed, position, draw)
   return ((float)(r >> 41) + 0.5f) * (1.f / 8388608.f);
 }
 

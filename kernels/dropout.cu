@@ -6,20 +6,14 @@
  * scalar throughout when a pointer is not 16-byte aligned).
  */
 #include "dropout.h"
+#include "rng.cuh"
 #include "vec.cuh"
 
 namespace {
 
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 /* u(i) >= p, i the global element index (whatever the path or the grid). */
 __device__ __forceinline__ bool keep(uint64_t key, const SnugDropoutParams& P, uint64_t i) {
-  const float u = ((float)(mix64(key ^ (P.offset + i)) >> 41) + 0.5f) * (1.f / 8388608.f);
+  const float u = ((float)(snug_mix64(key ^ (P.offset + i)) >> 41) + 0.5f) * (1.f / 8388608.f);
   return u >= P.p;
 }
 
@@ -30,7 +24,7 @@ __device__ __forceinline__ void apply(const SnugDropoutParams& P) {
   constexpr int N = SnugVec<T>::N;
   const T* in = static_cast<const T*>(P.in);
   T* out = static_cast<T*>(P.out);
-  const uint64_t key = mix64(P.seed);
+  const uint64_t key = snug_mix64(P.seed);
   const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x, stride = (uint64_t)gridDim.x * blockDim.x;
   uint64_t done = 0;
   if (snug_aligned16(in) && snug_aligned16(out)) {

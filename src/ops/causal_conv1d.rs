@@ -15,7 +15,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::{check_shape, common_loc, host_f64, require_f32, store_f64, Real};
+use super::{check_shape, common_loc, host_f64, require_f32, store_f64, need_workspace, Real};
 use crate::ffi::{self, SnugCausalConv1dParams, SnugConvReduceParams};
 use crate::memory::{Loc, View, ViewMut};
 use crate::{Error, Result};
@@ -201,11 +201,7 @@ pub fn causal_conv1d_backward<T: Real>(
         Loc::Cuda(gpu) => {
             require_f32::<T>(OP_BWD)?;
             u32_dims(OP_BWD, x.shape(), d, l)?;
-            let ws = workspace.ok_or(Error::Value { op: OP_BWD, arg: "workspace", expected: "a workspace on the GPU (backward_workspace_bytes)".into(), got: "None".into() })?;
-            let want = backward_workspace_bytes(s, d, k) / 4;
-            if ws.len() < want {
-                return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32"), got: ws.len() });
-            }
+            let ws = need_workspace(OP_BWD, workspace, backward_workspace_bytes(s, d, k) / 4, "backward_workspace_bytes")?;
             if (s * d) as u64 > i32::MAX as u64 {
                 return Err(Error::Shape { op: OP_BWD, arg: "x", expected: "S·D < 2^31 rows".into(), got: x.shape().to_vec() });
             }

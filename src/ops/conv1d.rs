@@ -28,7 +28,7 @@ use std::ffi::c_void;
 use cudarc::driver::LaunchConfig;
 
 use super::gemm::{gemm, gemm_sum_batches, sum_batches_workspace_bytes, GemmSpec, Mat, MatMut};
-use super::{check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, zero, Real};
+use super::{check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, zero, need_workspace, Real};
 use crate::ffi::SnugConv1dParams;
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Error, Gpu, Result};
@@ -238,14 +238,18 @@ enum Exec<'a> {
     Host,
 }
 
+/// Blocks of 256 threads for `work` elements, one per thread, capped (the kernels grid-stride).
+fn blocks_for(work: usize) -> u32 {
+    work.div_ceil(256).clamp(1, 1 << 20) as u32
+}
+
 /// # Safety
 /// The pointers in `p` are memory of `exec` (device memory on the GPU, host memory on the host)
 /// laid out as kernels/conv1d.h describes for `kernel`, sized by the validated dims, and not
 /// aliased by a live Rust reference for the duration.
-unsafe fn launch(exec: Exec<'_>, op: &'static str, kernel: &'static str, work: u64, p: &SnugConv1dParams) -> Result<()> {
+unsafe fn launch(exec: Exec<'_>, op: &'static str, kernel: &'static str, blocks: u32, p: &SnugConv1dParams) -> Result<()> {
     match exec {
         Exec::Gpu(gpu) => {
-            let blocks = if kernel.starts_with("conv1d_bias_grad") { (p.channels as u64).clamp(1, 1 << 20) as u32 } else { work.div_ceil(256).clamp(1, 1 << 20) as u32 };
             let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: forwarded; every kernel grid-strides over its work (bias_grad over channels).
             unsafe { gpu.launch(op, "conv1d", kernel, cfg, p) }
@@ -364,7 +368,7 @@ fn pack_weights<T: Real>(exec: Exec<'_>, op: &'static str, d: &Conv1dDims, spec:
     p.channels = cg as u32;
     p.k = spec.kernel as u32;
     // SAFETY: w is [C_out, Cg, k] of T (validated); wp holds at least k·C_out·Cg T (checked).
-    unsafe { launch(exec, op, kernel_name("pack_w", T::DTYPE), n as u64, &p) }
+    unsafe { launch(exec, op, kernel_name("pack_w", T::DTYPE), blocks_for(n), &p) }
 }
 
 /// xg `[B, C_in, L_out]` = x's samples `l·s + shift` (zero outside the map): one strided tap.
@@ -383,7 +387,7 @@ fn gather_tap<T: Real>(exec: Exec<'_>, op: &'static str, d: &Conv1dDims, spec: &
     q.shift = shift as i32;
     q.stride = spec.stride as u32;
     // SAFETY: x is [B, C_in, L_in] of T (validated), xg holds B·C_in·L_out T (checked).
-    unsafe { launch(exec, op, kernel_name("gather", T::DTYPE), n as u64, &q) }
+    unsafe { launch(exec, op, kernel_name("gather", T::DTYPE), blocks_for(n), &q) }
 }
 
 /// Taps in the order they are accumulated: a tap whose window covers every output (if any) first,
@@ -518,10 +522,7 @@ fn tap_forward<T: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>, w: View<
     let d = *d;
         let dt = T::DTYPE;
         let want = forward_workspace_bytes(&d, &spec, dt) / 4;
-        let ws = workspace.ok_or_else(|| Error::Value { op: OP, arg: "workspace", expected: format!("{want} f32 on the GPU (forward_workspace_bytes)"), got: "None".into() })?;
-        if ws.len() < want {
-            return Err(Error::Length { op: OP, arg: "workspace", expected: format!("at least {want} f32 (forward_workspace_bytes)"), got: ws.len() });
-        }
+        let ws = need_workspace(OP, workspace, want, "forward_workspace_bytes")?;
         let [mut r_wp, mut r_acc, mut r_xg] = carve(ws, fwd_regions(&d, &spec, dt))?;
         let (g, k) = (spec.groups, spec.kernel);
         let (cg, cgo) = (d.c_in / g, d.c_out / g);
@@ -579,7 +580,7 @@ fn tap_forward<T: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>, w: View<
             q.len_out = d.l_out as u32;
             // SAFETY: acc holds B·C_out·L_out f32 (y itself for f32: in place, allowed), y is
             // [B, C_out, L_out] of T, bias [C_out] of T or null.
-            unsafe { launch(exec, OP, kernel_name("finish", dt), (d.batch * d.c_out * d.l_out) as u64, &q)? };
+            unsafe { launch(exec, OP, kernel_name("finish", dt), blocks_for(d.batch * d.c_out * d.l_out), &q)? };
         }
         Ok(())
 }
@@ -593,10 +594,7 @@ fn tap_backward<T: Real, P: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>
         let dt = T::DTYPE;
         let with_dx = dx.is_some();
         let want = backward_workspace_bytes(&d, &spec, dt, with_dx) / 4;
-        let ws = workspace.ok_or_else(|| Error::Value { op: OP_BWD, arg: "workspace", expected: format!("{want} f32 on the GPU (backward_workspace_bytes)"), got: "None".into() })?;
-        if ws.len() < want {
-            return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: ws.len() });
-        }
+        let ws = need_workspace(OP_BWD, workspace, want, "backward_workspace_bytes")?;
         let [mut r_wp, mut r_acc, mut r_g, mut r_xg, mut r_dwp, mut r_sum] = carve(ws, bwd_regions(&d, &spec, dt, with_dx))?;
         let mut cw = cublas_workspace;
         let strided = spec.stride > 1;
@@ -631,7 +629,7 @@ fn tap_backward<T: Real, P: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>
                     q.stride = spec.stride as u32;
                     // SAFETY: g is [B, C_in, L_out] f32, acc [B, C_in, L_in] f32; one tap per
                     // launch, injective index map: no two threads add to one element.
-                    unsafe { launch(exec, OP_BWD, kernel_name("scatter_add", dt), (d.batch * d.c_in * d.l_out) as u64, &q)? };
+                    unsafe { launch(exec, OP_BWD, kernel_name("scatter_add", dt), blocks_for(d.batch * d.c_in * d.l_out), &q)? };
                 }
             } else {
                 // dx[:, win + shift] += W_jᵀ · dy[:, win]; a tap covering all of dx first (β = 0).
@@ -667,7 +665,7 @@ fn tap_backward<T: Real, P: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>
                 q.channels = d.c_in as u32;
                 q.len_out = d.l_in as u32;
                 // SAFETY: acc holds B·C_in·L_in f32, dx is [B, C_in, L_in] of T; no bias.
-                unsafe { launch(exec, OP_BWD, kernel_name("finish", dt), (d.batch * d.c_in * d.l_in) as u64, &q)? };
+                unsafe { launch(exec, OP_BWD, kernel_name("finish", dt), blocks_for(d.batch * d.c_in * d.l_in), &q)? };
             }
         }
 
@@ -712,7 +710,7 @@ fn tap_backward<T: Real, P: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>
         p.out_is_t = (P::DTYPE != DType::F32) as u32;
         // SAFETY: dwp holds k·C_out·Cg f32 written above on this stream; dw is [C_out, Cg, k]
         // of P (f32, or T = bf16 when out_is_t).
-        unsafe { launch(exec, OP_BWD, kernel_name("unpack_dw", dt), (k * d.c_out * cg) as u64, &p)? };
+        unsafe { launch(exec, OP_BWD, kernel_name("unpack_dw", dt), blocks_for(k * d.c_out * cg), &p)? };
 
         // 3. db.
         if let Some(v) = db {
@@ -726,7 +724,7 @@ fn tap_backward<T: Real, P: Real>(exec: Exec<'_>, d: &Conv1dDims, x: View<'_, T>
             q.out_is_t = (P::DTYPE != DType::F32) as u32;
             // SAFETY: dy is [B, C_out, L_out] of T; db is [C_out] of P (f32, or T when
             // out_is_t); one block per channel (grid-stride over channels, see `launch`).
-            unsafe { launch(exec, OP_BWD, kernel_name("bias_grad", dt), (d.batch * d.c_out * d.l_out) as u64, &q)? };
+            unsafe { launch(exec, OP_BWD, kernel_name("bias_grad", dt), d.c_out.clamp(1, 1 << 20) as u32, &q)? };
         }
         Ok(())
 }

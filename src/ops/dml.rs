@@ -30,7 +30,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::LaunchConfig;
 
-use super::{check_range, check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, Real};
+use super::{check_range, check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, mix64, need_workspace, store_f64, Real};
 use crate::ffi::{self, SnugDmlParams};
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Error, Result};
@@ -237,11 +237,7 @@ pub fn dml_loss<T: Real, L: Real>(params: View<'_, T>, target: Target<'_>, loss:
                 Reduction::None => None,
                 _ => {
                     let want = loss_workspace_bytes(b, l, spec.reduction) / 4;
-                    let w = workspace.ok_or_else(|| Error::Value { op: OP, arg: "workspace", expected: format!("{want} f32 for a reduced loss on the GPU (loss_workspace_bytes)"), got: "None".into() })?;
-                    if w.len() < want {
-                        return Err(Error::Length { op: OP, arg: "workspace", expected: format!("at least {want} f32 (loss_workspace_bytes)"), got: w.len() });
-                    }
-                    w.device_ptr()
+                    need_workspace(OP, workspace, want, "loss_workspace_bytes")?.device_ptr()
                 }
             };
             let (tf, ti) = match &target {
@@ -333,14 +329,6 @@ pub fn dml_backward<T: Real, L: Real>(grad: ViewMut<'_, T>, upstream: View<'_, L
             unsafe { gpu.launch(OP_BWD, "dml", kernel, cfg, &p) }
         }
     }
-}
-
-/// splitmix64 (the kernel's `mix64`).
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The kernel's uniform in (0, 1) for (seed, position, draw): 23 bits, exact in f32. Draws

@@ -10,20 +10,13 @@ use std::ffi::c_void;
 
 use cudarc::driver::LaunchConfig;
 
-use super::{check_range, check_shape, common_loc, host_f64, require_f32_or_bf16, store_f64, Real};
+use super::{check_range, check_shape, common_loc, host_f64, mix64, require_f32_or_bf16, store_f64, Real};
 use crate::ffi::SnugDropoutParams;
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Result};
 
 const OP: &str = "dropout";
 const OP_BWD: &str = "dropout_backward";
-
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Whether element `i` of a call with `(seed, offset)` is kept at drop probability `p`.
 pub fn keep(seed: u64, offset: u64, i: u64, p: f32) -> bool {

@@ -26,7 +26,7 @@ use std::ffi::{c_int, c_longlong, c_void};
 use cudarc::cublas::sys as cb;
 use cudarc::driver::LaunchConfig;
 
-use super::{common_loc, require_f32, require_f32_or_bf16, Real};
+use super::{common_loc, require_f32, require_f32_or_bf16, need_workspace, Real};
 use crate::ffi::SnugGemmSumParams;
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Element, Error, Result};
@@ -242,10 +242,7 @@ pub fn gemm_sum_batches<'a, T: Real, C: Real>(a: impl Into<Mat<'a, T>>, b: impl 
             require_f32_or_bf16::<T>(OP_SUM)?;
             require_f32::<C>(OP_SUM)?;
             let want = sum_batches_workspace_bytes(p.batch, p.m, p.n) / 4;
-            let ws = workspace.ok_or_else(|| Error::Value { op: OP_SUM, arg: "workspace", expected: format!("{want} f32 on the GPU (sum_batches_workspace_bytes)"), got: "None".into() })?;
-            if ws.len() < want {
-                return Err(Error::Length { op: OP_SUM, arg: "workspace", expected: format!("at least {want} f32 (sum_batches_workspace_bytes)"), got: ws.len() });
-            }
+            let ws = need_workspace(OP_SUM, workspace, want, "sum_batches_workspace_bytes")?;
             let cws = cublas_workspace.as_ref().map(|w| (w.device_ptr().unwrap_or(0), w.len()));
             let part = ws.device_ptr().unwrap_or(0);
             let ptr = |v: u64| v as *const c_void;

@@ -12,7 +12,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::LaunchConfig;
 
-use super::{common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, Real};
+use super::{common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, need_workspace, Real};
 use crate::ffi::{self, SnugGradNormMultiParams, SnugGradNormParams};
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Error, Result};
@@ -51,10 +51,7 @@ pub fn grad_norm<G: Real, N: Real>(grads: &[View<'_, G>], norm: ViewMut<'_, N>, 
             require_f32::<N>(OP)?;
             let lens: Vec<usize> = grads.iter().map(|g| g.len()).collect();
             let want = workspace_bytes(&lens) / 4;
-            let ws = workspace.ok_or_else(|| Error::Value { op: OP, arg: "workspace", expected: format!("{want} f32 on the GPU (workspace_bytes)"), got: "None".into() })?;
-            if ws.len() < want {
-                return Err(Error::Length { op: OP, arg: "workspace", expected: format!("at least {want} f32 (workspace_bytes)"), got: ws.len() });
-            }
+            let ws = need_workspace(OP, workspace, want, "workspace_bytes")?;
             let base = ws.device_ptr().unwrap_or(0);
             let kernel = if G::DTYPE == DType::BF16 { "grad_norm_partial_bf16" } else { "grad_norm_partial_f32" };
             // Checked before any launch: a block index (and a launch's grid) fits the grid's x limit.

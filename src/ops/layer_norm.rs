@@ -18,7 +18,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::LaunchConfig;
 
-use super::{check_range, check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, Real};
+use super::{check_range, check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, need_workspace, Real};
 use crate::ffi::{self, SnugLayerNormParams};
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Error, Result};
@@ -249,16 +249,9 @@ pub fn layer_norm_backward<T: Real, P: Real>(
             require_f32::<P>(OP_BWD)?;
             let want_params = dgamma.is_some() || dbeta.is_some();
             let chunks = chunks(d);
-            let ws = match (&workspace, want_params) {
-                (_, false) => None,
-                (None, true) => return Err(Error::Value { op: OP_BWD, arg: "workspace", expected: "backward_workspace_bytes on the GPU".into(), got: "None".into() }),
-                (Some(w), true) => {
-                    let want = backward_workspace_bytes(d) / 4;
-                    if w.len() < want {
-                        return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: w.len() });
-                    }
-                    w.device_ptr()
-                }
+            let ws = match want_params {
+                false => None,
+                true => need_workspace(OP_BWD, workspace, backward_workspace_bytes(d) / 4, "backward_workspace_bytes")?.device_ptr(),
             };
             let mut p = params(d, 1.0, [x.device_ptr(), None, ptr(&gamma), None, mean.device_ptr(), rstd.device_ptr(), dy.device_ptr(), dx.device_ptr(), ws, ptr_mut(&dgamma), ptr_mut(&dbeta)]);
             p.chunks = chunks as u32;

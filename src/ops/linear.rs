@@ -15,7 +15,7 @@ use std::ffi::c_void;
 use cudarc::driver::LaunchConfig;
 
 use super::gemm::{gemm, gemm_sum_batches, sum_batches_workspace_bytes, GemmSpec};
-use super::{check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, Real};
+use super::{check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, store_f64, require_workspace, Real};
 use crate::ffi::{self, SnugLinearParams};
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Error, Result};
@@ -173,12 +173,7 @@ pub fn linear_backward<T: Real, P: Real>(
             let dyp = dy2.device_ptr();
             let dw_f32 = P::DTYPE == DType::F32;
             let want = backward_workspace_bytes(rows, inp, out, db.is_some(), dw_f32) / 4;
-            let ws = match workspace {
-                Some(ws) if ws.len() >= want => Some(ws),
-                Some(ws) => return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: ws.len() }),
-                None if want == 0 => None,
-                None => return Err(Error::Value { op: OP_BWD, arg: "workspace", expected: format!("{want} f32 on the GPU (backward_workspace_bytes)"), got: "None".into() }),
-            };
+            let ws = require_workspace(OP_BWD, workspace, want, "backward_workspace_bytes")?;
             // Carve: the bias partials first, the split dW's products after them.
             let bias_len = if db.is_some() { rows.div_ceil(CHUNK_ROWS) * out } else { 0 };
             let (bias_ws, dw_ws) = match ws {

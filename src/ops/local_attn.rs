@@ -29,7 +29,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::LaunchConfig;
 
-use super::{check_shape, common_loc, host_f64, require_f32_or_bf16, store_f64, Real};
+use super::{check_shape, common_loc, host_f64, require_f32_or_bf16, store_f64, need_workspace, Real};
 use crate::ffi::{self, SnugLocalAttnParams};
 use crate::memory::{Loc, View, ViewMut};
 use crate::{DType, Error, Result};
@@ -235,10 +235,7 @@ pub fn local_attn_backward<T: Real>(
         Loc::Cuda(gpu) => {
             require_f32_or_bf16::<T>(OP_BWD)?;
             let want = backward_workspace_bytes(dm) / 4;
-            let ws = workspace.ok_or_else(|| Error::Value { op: OP_BWD, arg: "workspace", expected: format!("{want} f32 on the GPU (backward_workspace_bytes)"), got: "None".into() })?;
-            if ws.len() < want {
-                return Err(Error::Length { op: OP_BWD, arg: "workspace", expected: format!("at least {want} f32 (backward_workspace_bytes)"), got: ws.len() });
-            }
+            let ws = need_workspace(OP_BWD, workspace, want, "backward_workspace_bytes")?;
             let p = params(dm, &spec, [q.device_ptr(), k.device_ptr(), v.device_ptr(), None, lse.device_ptr(), out.device_ptr(), dout.device_ptr(), dq.device_ptr(), dk.device_ptr(), dv.device_ptr(), ws.device_ptr()]);
             // SAFETY: every tensor is a device view on this handle of q's validated shape (lse
             // [B, heads, H, W] f32, the workspace at least that many f32). The dq kernel writes dq

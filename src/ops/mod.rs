@@ -10,8 +10,8 @@ pub mod dml;
 pub mod dropout;
 pub mod eigh;
 pub mod elementwise;
-pub mod grad_norm;
 pub mod gemm;
+pub mod grad_norm;
 pub mod laplacian_pe;
 pub mod layer_norm;
 pub mod linear;
@@ -70,6 +70,15 @@ pub fn bf16_rne(x: f64) -> half::bf16 {
     let b = f.to_bits();
     let r = (b + 0x7fff + ((b >> 16) & 1)) >> 16;
     half::bf16::from_bits(r as u16)
+}
+
+/// splitmix64's finaliser: the counter-based random bits of dropout and dml sampling (the
+/// kernels' `snug_mix64`, kernels/rng.cuh).
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// All arguments on one place, or a [`Error::DeviceMismatch`] naming the first that is not.
@@ -139,6 +148,23 @@ pub(crate) fn zero<T: Element>(op: &'static str, v: &mut ViewMut<'_, T>) -> Resu
             unsafe { cudarc::driver::result::memset_d8_async(v.device_ptr().unwrap_or(0), 0, bytes, gpu.stream().cu_stream()) }.map_err(|e| Error::driver(format!("{op}: zeroing"), e))
         }
     }
+}
+
+/// A GPU workspace of at least `want` elements: the view, or a typed error naming the function
+/// that gives its size (`sized_by`, e.g. "loss_workspace_bytes"). `want == 0` accepts `None`.
+pub(crate) fn require_workspace<'a, T: Element>(op: &'static str, ws: Option<ViewMut<'a, T>>, want: usize, sized_by: &str) -> Result<Option<ViewMut<'a, T>>> {
+    match ws {
+        Some(w) if w.len() >= want => Ok(Some(w)),
+        Some(w) => Err(Error::Length { op, arg: "workspace", expected: format!("at least {want} {} ({sized_by})", T::DTYPE), got: w.len() }),
+        None if want == 0 => Ok(None),
+        None => Err(Error::Value { op, arg: "workspace", expected: format!("{want} {} on the GPU ({sized_by})", T::DTYPE), got: "None".into() }),
+    }
+}
+
+/// [`require_workspace`] for an op that always needs one on the GPU (`None` is an error even when
+/// `want` is 0).
+pub(crate) fn need_workspace<'a, T: Element>(op: &'static str, ws: Option<ViewMut<'a, T>>, want: usize, sized_by: &str) -> Result<ViewMut<'a, T>> {
+    require_workspace(op, ws, want, sized_by)?.ok_or_else(|| Error::Value { op, arg: "workspace", expected: format!("{want} {} on the GPU ({sized_by})", T::DTYPE), got: "None".into() })
 }
 
 /// GPU kernels templated on their storage: f32 or bf16 activations.

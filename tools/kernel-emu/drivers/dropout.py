@@ -525,20 +525,31 @@ def part_reference(K, ck, rng):
              and u_of(bottom) == f32(2.0 ** -24))
     # The constants and shifts of the port, in the Rust and CUDA sources (the emulator cannot see the
     # Rust code; a hash changed on one side only shows here without a GPU).
+    # The hash lives in src/ops/mod.rs (`mix64`) and kernels/rng.cuh (`snug_mix64`); the draw's shift
+    # and 2^23 in src/ops/dropout.rs and kernels/dropout.cu.
     want = {GAMMA, MUL1, MUL2}
     probs = []
-    for rel in ("src/ops/dropout.rs", "kernels/dropout.cu"):
+    for rel, fn in (("src/ops/mod.rs", r"fn mix64\(.*?\n\}"), ("kernels/rng.cuh", r"snug_mix64\(uint64_t z\) \{.*?\n\}"),
+                    ("src/ops/dropout.rs", None), ("kernels/dropout.cu", None)):
         try:
             src = open(os.path.join(ROOT, rel)).read()
         except OSError as e:
             probs.append(f"{rel}: {e}")
             continue
-        consts = {int(h.replace("_", ""), 16) for h in re.findall(r"0x([0-9A-Fa-f_]{16,})", src)}
-        shifts = [int(s) for s in re.findall(r">>\s*(\d+)", src)]
-        if consts != want or sorted(shifts) != [27, 30, 31, 41] or not re.search(r"8_?388_?608", src):
-            probs.append(f"{rel}: constants {sorted(hex(c) for c in consts)}, shifts {sorted(shifts)}")
-    ck.check("reference: the port's hash constants, shifts (30, 27, 31; 41) and 2^23 are those in src/ops/dropout.rs "
-             "and kernels/dropout.cu", not probs, "; ".join(probs))
+        if fn is not None:
+            m = re.search(fn, src, re.S)
+            body = m.group(0) if m else ""
+            consts = {int(h.replace("_", ""), 16) for h in re.findall(r"0x([0-9A-Fa-f_]{16,})", body)}
+            shifts = [int(s) for s in re.findall(r">>\s*(\d+)", body)]
+            if consts != want or sorted(shifts) != [27, 30, 31]:
+                probs.append(f"{rel}: constants {sorted(hex(c) for c in consts)}, shifts {sorted(shifts)}")
+        else:
+            shifts = [int(s) for s in re.findall(r">>\s*(\d+)", src)]
+            if shifts != [41] or not re.search(r"8_?388_?608", src) or "mix64(" not in src:
+                probs.append(f"{rel}: shifts {shifts}, 2^23 {bool(re.search(r'8_?388_?608', src))}")
+    ck.check("reference: the port's hash constants and shifts (30, 27, 31) are those of mix64 in src/ops/mod.rs and "
+             "kernels/rng.cuh; the draw's shift 41 and 2^23 those in src/ops/dropout.rs and kernels/dropout.cu",
+             not probs, "; ".join(probs))
     # The bf16 twin rounding helper on known values.
     known = [(1.0, 0x3F80), (1.0 + 2 ** -8, 0x3F80), (1.0 + 2 ** -8 + 2 ** -40, 0x3F81), (1.0 + 3 * 2 ** -8, 0x3F82),
              (-(1.0 + 2 ** -7), 0xBF81), (0.0, 0), (-0.0, 0x8000), (float("inf"), 0x7F80), (float("nan"), 0x7FFF)]
