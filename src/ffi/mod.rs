@@ -46,6 +46,8 @@ unsafe impl cudarc::driver::DeviceRepr for SnugElementwiseParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugDmlParams {}
 // SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugCrossEntropyParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugLinearParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugGradNormParams {}
@@ -55,3 +57,13 @@ unsafe impl cudarc::driver::DeviceRepr for SnugGradNormMultiParams {}
 unsafe impl cudarc::driver::DeviceRepr for SnugDropoutParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugWeightNormParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugTopkParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugCosineSimParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugRepeatInterleaveParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugSymScatterParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugBceParams {}

@@ -4,8 +4,11 @@
 //! reference.
 
 pub mod adamw;
+pub mod bce;
 pub mod causal_conv1d;
 pub mod conv1d;
+pub mod cosine_sim;
+pub mod cross_entropy;
 pub mod dml;
 pub mod dropout;
 pub mod eigh;
@@ -18,7 +21,10 @@ pub mod linear;
 pub mod local_attn;
 pub mod local_graph_attention;
 pub mod mamba;
+pub mod repeat_interleave;
 pub mod selective_scan;
+pub mod sym_scatter;
+pub mod topk;
 pub mod weight_norm;
 
 use crate::memory::{Loc, View, ViewMut};
