@@ -51,7 +51,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::LaunchConfig;
 
-pub use super::dml::Reduction;
+pub use super::Reduction;
 use super::{check_range, check_shape, common_loc, host_f64, need_workspace, require_f32, require_f32_or_bf16, store_f64, Real};
 use crate::ffi::{self, SnugBceParams};
 use crate::memory::{Loc, View, ViewMut};
@@ -175,12 +175,7 @@ pub fn bce_loss<T: Real, L: Real>(logits: View<'_, T>, targets: View<'_, T>, los
                 l[i] = li;
                 g[i] = gi * scale;
             }
-            let out = match spec.reduction {
-                Reduction::None => l,
-                Reduction::Sum => vec![l.iter().sum()],
-                Reduction::Mean => vec![l.iter().sum::<f64>() / n as f64],
-            };
-            store_f64(OP, "loss", loss, &out)?;
+            store_f64(OP, "loss", loss, &spec.reduction.apply(l, n))?;
             match grad {
                 Some(gv) => store_f64(OP, "grad", gv, &g),
                 None => Ok(()),

@@ -115,6 +115,11 @@ fn launch_cfg(shape: [usize; 4], bwd: bool) -> (LaunchConfig, usize) {
     (LaunchConfig { grid_dim: (passes.min(MAX_BLOCKS) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 }, tl)
 }
 
+/// The launch parameters of shape `[B, N, T, D]` with every pointer null.
+fn params([b, n, t, d]: [usize; 4], tile: usize, clamp: f32, eps: f32) -> SnugCosineSimParams {
+    SnugCosineSimParams { x: std::ptr::null(), y: std::ptr::null_mut(), dy: std::ptr::null(), dx: std::ptr::null_mut(), batch: b as u64, t: t as u64, n: n as u32, d: d as u32, tile: tile as u32, clamp, eps, pad_: 0 }
+}
+
 /// The forward: `y [B, P, T]` from `x [B, N, T, D]`; `clamp` `None` for none, `eps` as PyTorch's
 /// (use [`DEFAULT_EPS`]).
 pub fn cosine_sim<T: Real>(x: View<'_, T>, y: ViewMut<'_, T>, clamp: Option<f32>, eps: f32) -> Result<()> {
@@ -146,20 +151,7 @@ pub fn cosine_sim<T: Real>(x: View<'_, T>, y: ViewMut<'_, T>, clamp: Option<f32>
         Loc::Cuda(gpu) => {
             require_f32_or_bf16::<T>(OP)?;
             let (cfg, tl) = launch_cfg(sh, false);
-            let p = SnugCosineSimParams {
-                x: ptr(x.device_ptr()),
-                y: ptr(y.device_ptr()),
-                dy: std::ptr::null(),
-                dx: std::ptr::null_mut(),
-                batch: b as u64,
-                t: t as u64,
-                n: n as u32,
-                d: d as u32,
-                tile: tl as u32,
-                clamp: c,
-                eps,
-                pad_: 0,
-            };
+            let p = SnugCosineSimParams { x: ptr(x.device_ptr()), y: ptr(y.device_ptr()), ..params(sh, tl, c, eps) };
             let kernel = if T::DTYPE == DType::BF16 { "cosine_sim_fwd_bf16" } else { "cosine_sim_fwd_f32" };
             // SAFETY: x is a [B, N, T, D] device view of T and y a [B, P, T] one, on this handle
             // (checked); N ≤ 32, D ≤ 128 and the tile keep the dynamic shared memory (passed in
@@ -213,20 +205,7 @@ pub fn cosine_sim_backward<T: Real>(x: View<'_, T>, dy: View<'_, T>, dx: ViewMut
         Loc::Cuda(gpu) => {
             require_f32_or_bf16::<T>(OP_BWD)?;
             let (cfg, tl) = launch_cfg(sh, true);
-            let p = SnugCosineSimParams {
-                x: ptr(x.device_ptr()),
-                y: std::ptr::null_mut(),
-                dy: ptr(dy.device_ptr()),
-                dx: ptr(dx.device_ptr()),
-                batch: b as u64,
-                t: t as u64,
-                n: n as u32,
-                d: d as u32,
-                tile: tl as u32,
-                clamp: c,
-                eps,
-                pad_: 0,
-            };
+            let p = SnugCosineSimParams { x: ptr(x.device_ptr()), dy: ptr(dy.device_ptr()), dx: ptr(dx.device_ptr()), ..params(sh, tl, c, eps) };
             let kernel = if T::DTYPE == DType::BF16 { "cosine_sim_bwd_bf16" } else { "cosine_sim_bwd_f32" };
             // SAFETY: x and dx are [B, N, T, D] device views of T, dy a [B, P, T] one, on this
             // handle (checked); N ≤ 32, D ≤ 128 and the tile keep the dynamic shared memory

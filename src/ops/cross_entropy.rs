@@ -36,7 +36,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::LaunchConfig;
 
-pub use super::dml::Reduction;
+pub use super::Reduction;
 use super::gemm::{gemm, GemmSpec};
 use super::{check_range, check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, require_workspace, store_f64, Real};
 use crate::device::Gpu;
@@ -147,14 +147,6 @@ fn count_kept(targets: &[i32], ignore: i32) -> usize {
     targets.iter().filter(|&&t| t != ignore).count()
 }
 
-fn reduce(losses: &[f64], count: usize, r: Reduction) -> Vec<f64> {
-    match r {
-        Reduction::None => losses.to_vec(),
-        Reduction::Sum => vec![losses.iter().sum()],
-        Reduction::Mean => vec![losses.iter().sum::<f64>() / count as f64],
-    }
-}
-
 fn params(spec: &CrossEntropySpec, rows: usize, vocab: usize) -> SnugCrossEntropyParams {
     SnugCrossEntropyParams {
         logits: std::ptr::null(),
@@ -238,7 +230,7 @@ fn run<T: Real, L: Real>(op: &'static str, src: Src<'_, T>, targets: View<'_, i3
             if let Src::InPlace(gv) = src {
                 store_f64(op, "logits", gv, &g)?;
             }
-            store_f64(op, "loss", loss, &reduce(&losses, count, spec.reduction))
+            store_f64(op, "loss", loss, &spec.reduction.apply(losses, count))
         }
         Loc::Cuda(gpu) => {
             require_f32_or_bf16::<T>(op)?;
@@ -444,7 +436,7 @@ pub fn linear_cross_entropy<T: Real, P: Real>(
         _ if !reduced => Ok(()),
         (None, Count::Host(n)) => {
             let l: Vec<f64> = host_losses.iter().map(|&x| x as f64).collect();
-            store_f64(OP_LIN, "loss", loss, &reduce(&l, n, ce.reduction))
+            store_f64(OP_LIN, "loss", loss, &ce.reduction.apply(l, n))
         }
         (None, Count::Device(_)) => Ok(()),
         (Some(gpu), _) => {

@@ -42,16 +42,7 @@ const OP_SAMPLE: &str = "dml_sample";
 pub const MAX_K: usize = ffi::SNUG_DML_MAX_K as usize;
 const LOG_SCALE_MIN: f64 = -7.0;
 
-/// Loss reduction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduction {
-    /// Per position: `[B, L]`.
-    None,
-    /// Mean over positions: `[1]`.
-    Mean,
-    /// Sum over positions: `[1]`.
-    Sum,
-}
+pub use super::Reduction;
 
 /// Targets `[B, L]`.
 #[derive(Debug)]
@@ -214,12 +205,7 @@ pub fn dml_loss<T: Real, L: Real>(params: View<'_, T>, target: Target<'_>, loss:
                     g[at(2 * k + c)] = if p[at(2 * k + c)] >= LOG_SCALE_MIN { -w * comps[c].2 * gs } else { 0.0 };
                 }
             }
-            let out = match spec.reduction {
-                Reduction::None => losses,
-                Reduction::Sum => vec![losses.iter().sum()],
-                Reduction::Mean => vec![losses.iter().sum::<f64>() / n as f64],
-            };
-            store_f64(OP, "loss", loss, &out)?;
+            store_f64(OP, "loss", loss, &spec.reduction.apply(losses, n))?;
             match grad {
                 Some(gv) => store_f64(OP, "grad", gv, &g),
                 None => Ok(()),

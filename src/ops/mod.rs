@@ -78,6 +78,28 @@ pub fn bf16_rne(x: f64) -> half::bf16 {
     half::bf16::from_bits(r as u16)
 }
 
+/// How a loss (dml, bce, cross_entropy) reduces over positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduction {
+    /// Per position (the loss has the positions' shape).
+    None,
+    /// Mean over positions (cross_entropy: over the rows not ignored): `[1]`.
+    Mean,
+    /// Sum over positions: `[1]`.
+    Sum,
+}
+
+impl Reduction {
+    /// The twins' reduction of f64 per-position losses; `count` divides the mean.
+    pub(crate) fn apply(self, losses: Vec<f64>, count: usize) -> Vec<f64> {
+        match self {
+            Reduction::None => losses,
+            Reduction::Sum => vec![losses.iter().sum()],
+            Reduction::Mean => vec![losses.iter().sum::<f64>() / count as f64],
+        }
+    }
+}
+
 /// splitmix64's finaliser: the counter-based random bits of dropout and dml sampling (the
 /// kernels' `snug_mix64`, kernels/rng.cuh).
 pub(crate) fn mix64(mut z: u64) -> u64 {
