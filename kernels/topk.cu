@@ -62,6 +62,7 @@ __device__ __forceinline__ void select_rows(const SnugTopkParams& P) {
     for (int s = 0; s < V; ++s) {
       const uint32_t e = (uint32_t)s * 32u + lane;
       key[s] = 0;
+      raw[s] = x[base];  // any defined value: an unused slot (key 0) never wins (k <= n)
       if (e < P.n) {
         raw[s] = x[base + e];
         key[s] = sel_key(to_f32(raw[s]));
