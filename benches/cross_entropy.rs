@@ -17,6 +17,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use snug::bench::{measure_arena, GpuBench, Work};
 use snug::ops::cross_entropy::{cross_entropy_in_place, linear_cross_entropy, linear_workspace_bytes, workspace_bytes, CrossEntropySpec, LinearCrossEntropySpec, Reduction};
+use snug::ops::gemm::CUBLAS_WORKSPACE_BYTES;
 use snug::ops::Real;
 use snug::testing::{gpu_or_skip, randn, rng, uniform};
 use snug::{Plan, Role};
@@ -72,6 +73,7 @@ fn fused_head<E: Real>(c: &mut Criterion, gb: &mut GpuBench, dev: &snug::Device,
     let dh = plan.add::<E>("dh", &[rows, D], Role::Grad).unwrap();
     let dw = plan.add::<f32>("dw", &[V, D], Role::Grad).unwrap();
     let ws = plan.add::<f32>("ws", &[linear_workspace_bytes(rows, V, chunk, Reduction::Mean, E::DTYPE) / 4], Role::Workspace).unwrap();
+    let cw = plan.add::<u8>("cublas_ws", &[CUBLAS_WORKSPACE_BYTES], Role::Workspace).unwrap();
     let (mut arena, measured) = measure_arena(dev, &plan).unwrap();
     let mut r = rng(3);
     arena.upload(h, &to_t::<E>(randn(&mut r, rows * D, 1.0))).unwrap();
@@ -84,7 +86,7 @@ fn fused_head<E: Real>(c: &mut Criterion, gb: &mut GpuBench, dev: &snug::Device,
     let work = Work { bytes: size * (2.0 * hd + wd) + 4.0 * (wd + rows as f64), flops: 6.0 * el * D as f64 + 10.0 * el, exps: 2.0 * el };
     let mut f = || {
         let v = arena.borrow();
-        linear_cross_entropy(v.read(h)?, v.read(w)?, v.read(t)?, v.write(loss)?, Some((v.write(dh)?, v.write(dw)?)), Some(v.write(ws)?), None, spec)
+        linear_cross_entropy(v.read(h)?, v.read(w)?, v.read(t)?, v.write(loss)?, Some((v.write(dh)?, v.write(dw)?)), Some(v.write(ws)?), Some(v.write(cw)?), spec)
     };
     gb.report("linear_cross_entropy", &case, work, plan.total_bytes(), measured, true, &mut f).unwrap();
     c.bench_function(&format!("linear_cross_entropy/{case}"), |b| b.iter_custom(|iters| gb.time(iters, true, &mut f).unwrap()));
