@@ -8,16 +8,14 @@ BITWISE against a numpy float32 port of the kernels' arithmetic (the emulator's 
 host libm's: the port calls the same functions through ctypes; the TU is built with -ffp-contract=off, so
 no FMA is formed), and within f32 bounds of an f64 reference of torchvision's sigmoid_focal_loss."""
 import ctypes as C
-import math
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from emu import ORDERS, Mem, P, run_main  # noqa: E402
-from grad_norm import F32_POISON, bf16_bits, bf16_round, bf16_value, first_diff, same, tree  # noqa: E402
+from drivers_common import F32_POISON, bf16_bits, bf16_round, bf16_value, first_diff, same, tree  # noqa: E402
 
 U64, U32, F32C = C.c_uint64, C.c_uint32, C.c_float
 f32 = np.float32

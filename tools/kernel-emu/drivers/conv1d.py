@@ -15,14 +15,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from emu import ORDERS, Mem, P, run_main  # noqa: E402
+from drivers_common import (BF16_POISON, F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value,  # noqa: E402
+                            first_diff, same)
 
 U32, U64, I32 = C.c_uint32, C.c_uint64, C.c_int32
 f32 = np.float32
 U = 2.0 ** -24       # f32 unit roundoff
 BF16_U = 2.0 ** -8   # bf16 unit roundoff (8 significant bits)
 GUARD_BYTES = 256    # normal build: sentinel bytes before and after every buffer (keeps 256-byte alignment)
-F32_POISON = np.uint32(0x7FA5A5A5).view(f32)  # a NaN
-BF16_POISON = np.uint16(0xFFFF)               # a NaN
 ALT_POISON = f32(-7777.0)                     # a finite poison for one more run: nothing may depend on it
 
 
@@ -53,23 +53,6 @@ def grid_of(work):
     return min(max(-(-work // BLOCK), 1), MAX_GRID)
 
 
-def bf16_bits(x):
-    """f32 -> bf16 bits, round to nearest even; NaN -> 0x7fff (as emu.h's __float2bfloat16_rn)."""
-    x = np.ascontiguousarray(x, np.float32)
-    u = x.view(np.uint32)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FFF), r).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def bf16_round(x):
-    return bf16_value(bf16_bits(x))
-
-
 def storage(bf16):
     return np.uint16 if bf16 else np.float32
 
@@ -92,35 +75,6 @@ def poison_of(dtype, alt):
     if alt is None:
         return F32_POISON if dtype == np.float32 else BF16_POISON
     return f32(alt) if dtype == np.float32 else bf16_bits(np.array([alt], f32))[0]
-
-
-class Bufs:
-    """Buffers with sentinel guards before and after (normal build) or exact (ASan build)."""
-
-    def __init__(self, mem, guard):
-        self.mem, self.guard, self.items = mem, guard, {}
-
-    @staticmethod
-    def _sentinel(dtype):
-        return F32_POISON if dtype == np.float32 else np.uint16(0x7FA5)
-
-    def put(self, a, dtype):
-        if a is None:
-            return None
-        a = np.ascontiguousarray(a, dtype).ravel()
-        g = self.guard // a.itemsize
-        s = np.full(g, self._sentinel(dtype), dtype)
-        base = self.mem.put(np.concatenate([s, a, s]), dtype)
-        ptr = base + g * a.itemsize
-        self.items[ptr] = (base, g, a.size, dtype)
-        return ptr
-
-    def get(self, ptr):
-        """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g, n, dtype = self.items[ptr]
-        full = self.mem.get(base)
-        s = np.full(g, self._sentinel(dtype), dtype).tobytes()
-        return full[g:g + n].copy(), full[:g].tobytes() == s and full[g + n:].tobytes() == s
 
 
 class Kernels:
@@ -154,29 +108,6 @@ class Kernels:
             return out, bad
 
 
-def same(got, want):
-    """Bitwise equal, except that an f32 NaN only has to be a NaN at the same place (a float add's NaN
-    payload is the hardware's choice); bf16 bits exactly (NaN is canonical 0x7fff on both sides)."""
-    got, want = np.asarray(got).ravel(), np.asarray(want).ravel()
-    if got.dtype == np.uint16:
-        return got.shape == want.shape and got.tobytes() == want.tobytes()
-    gn, wn = np.isnan(got), np.isnan(want)
-    return bool(got.shape == want.shape and np.array_equal(gn, wn) and got[~gn].tobytes() == want[~wn].tobytes())
-
-
-def first_diff(got, want):
-    g, w = np.asarray(got).ravel(), np.asarray(want).ravel()
-    if g.shape != w.shape:
-        return f"shape {g.shape} vs {w.shape}"
-    if g.dtype == np.uint16:
-        d = np.flatnonzero(g != w)
-        return f"{d.size} differ (e.g. [{int(d[0])}]: got 0x{int(g[d[0]]):04x}, want 0x{int(w[d[0]]):04x})" if d.size else ""
-    gb, wb = g.view(np.uint32), w.view(np.uint32)
-    d = np.flatnonzero((gb != wb) & ~(np.isnan(g) & np.isnan(w)))
-    return (f"{d.size} differ (e.g. [{int(d[0])}]: got {float(g[d[0]]):.9g} (0x{int(gb[d[0]]):08x}), want "
-            f"{float(w[d[0]]):.9g} (0x{int(wb[d[0]]):08x}))") if d.size else ""
-
-
 def run_checked(K, ck, name, label, want, grid, src, dst_dtype, dst_size, guard, asan, exact_bits=False, dst=None,
                 **kw):
     """Runs one case in the thread orders (and, for outputs with no prior contents, under a second,
@@ -192,7 +123,8 @@ def run_checked(K, ck, name, label, want, grid, src, dst_dtype, dst_size, guard,
         got, b = K.run(name, grid, src, d, order=o, seed=s, guard=guard, **kw)
         outs.append(got)
         bad += [x for x in b if x not in bad]
-    ok_want = outs[0].tobytes() == np.ascontiguousarray(want).ravel().tobytes() if exact_bits else same(outs[0], want)
+    ok_want = (outs[0].tobytes() == np.ascontiguousarray(want).ravel().tobytes() if exact_bits else
+               same(outs[0], np.ravel(want)))
     if not ok_want:
         bad.append("vs the reference: " + first_diff(outs[0], want))
     if any(r.tobytes() != outs[0].tobytes() for r in outs[1:]):
@@ -560,7 +492,7 @@ def part_scatter(K, ck, rng, asan=False):
                             shift=j - 2)
             bad += bb
         ck.check(f"conv1d_scatter_add_f32 5 taps in sequence (stride 2, shifts -2..2, overlapping), order {o}: "
-                 "bitwise equal to the port in tap order", not bad and same(got, want),
+                 "bitwise equal to the port in tap order", not bad and same(got, np.ravel(want)),
                  "; ".join(bad) or first_diff(got, want))
 
 

@@ -11,9 +11,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from emu import ORDERS, Mem, P, rel_err, run_main  # noqa: E402
-from grad_norm import F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value, first_diff, fma_f32, same  # noqa: E402
+from drivers_common import F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value, first_diff, fma_f32, same  # noqa: E402
 
 U64, U32, F32 = C.c_uint64, C.c_uint32, C.c_float
 f32 = np.float32

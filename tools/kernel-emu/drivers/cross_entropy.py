@@ -14,10 +14,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from emu import ORDERS, Mem, P, run_main  # noqa: E402
-from grad_norm import F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value, first_diff, same  # noqa: E402
-from linear import launch_xy  # noqa: E402
+from drivers_common import (F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value, first_diff,  # noqa: E402
+                            launch_xy, same)
 
 F32, I32, U32, U64 = C.c_float, C.c_int32, C.c_uint32, C.c_uint64
 f32 = np.float32

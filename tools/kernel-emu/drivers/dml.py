@@ -14,6 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from emu import ORDERS, Mem, P, bits_equal, run_main  # noqa: E402
+from drivers_common import Bufs, bf16_bits, bf16_round, bf16_value, same  # noqa: E402
 
 F32, U32, U64 = C.c_float, C.c_uint32, C.c_uint64
 f32 = np.float32
@@ -21,8 +22,6 @@ LOSS_TOL = 1e-5      # f32 loss: |got - want| <= LOSS_TOL (1 + |want|) (reduced:
 GRAD_TOL = 1e-4      # f32 grad: |got - want| <= GRAD_TOL max |want| per tensor (logits / means / log-scales)
 BF16_TOL = 1e-2      # bf16-stored grad, relative to max |want| per tensor; the f32 loss of bf16 params: LOSS_TOL
 GUARD_BYTES = 256    # normal build: sentinel bytes before and after every buffer (keeps 256-byte alignment)
-F32_POISON = np.uint32(0x7FA5A5A5).view(f32)  # a NaN
-BF16_POISON = np.uint16(0x7FA5)               # a NaN
 LOG_SCALE_MIN = -7.0
 NONE, MEAN, SUM = 0, 1, 2                     # SNUG_DML_NONE / _MEAN / _SUM
 RED_NAMES = {NONE: "none", MEAN: "mean", SUM: "sum"}
@@ -52,56 +51,6 @@ BLOCK = 256
 
 def grid_of(n):
     return -(-n // BLOCK)
-
-
-def bf16_bits(x):
-    """f32 -> bf16 bits, round to nearest even; NaN -> 0x7fff (as emu.h's __float2bfloat16_rn)."""
-    x = np.ascontiguousarray(x, np.float32)
-    u = x.view(np.uint32)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FFF), r).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def bf16_round(x):
-    return bf16_value(bf16_bits(x))
-
-
-class Bufs:
-    """Buffers with sentinel guards before and after (normal build) or exact (ASan build)."""
-
-    def __init__(self, mem, guard):
-        self.mem, self.guard, self.items = mem, guard, {}
-
-    @staticmethod
-    def _sentinel(dtype):
-        return {np.dtype(np.float32): F32_POISON, np.dtype(np.uint16): BF16_POISON,
-                np.dtype(np.uint32): np.uint32(0xA5A5A5A5)}[np.dtype(dtype)]
-
-    def put(self, a, dtype):
-        if a is None:
-            return None
-        a = np.ascontiguousarray(a, dtype).ravel()
-        g = self.guard // a.itemsize
-        s = np.full(g, self._sentinel(dtype), dtype)
-        base = self.mem.put(np.concatenate([s, a, s]), dtype)
-        ptr = base + g * a.itemsize
-        self.items[ptr] = (base, g, a.size, dtype)
-        return ptr
-
-    def poisoned(self, n, dtype):
-        return self.put(np.full(n, self._sentinel(dtype), dtype), dtype)
-
-    def get(self, ptr):
-        """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g, n, dtype = self.items[ptr]
-        full = self.mem.get(base)
-        s = np.full(g, self._sentinel(dtype), dtype).tobytes()
-        return full[g:g + n].copy(), full[:g].tobytes() == s and full[g + n:].tobytes() == s
 
 
 class Kernels:
@@ -530,15 +479,6 @@ def describe_position(ref, params, k, bb, ll):
             f"branch, log_scale {ls:.3g}")
 
 
-def same_bits(a, b):
-    """Bitwise equal, NaN only compared as NaN."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        return False
-    na, nb = np.isnan(a), np.isnan(b)
-    return bool(np.array_equal(na, nb) and a[~na].tobytes() == b[~nb].tobytes())
-
-
 def mk(b, l, k, bits, kind, recipe="mixed", bf16=False, need=(), only=None, interior=False, note=""):
     return dict(b=b, l=l, k=k, bits=bits, kind=kind, recipe=recipe, bf16=bf16, need=set(need), only=only,
                 interior=interior, note=note)
@@ -612,7 +552,7 @@ def check_loss_case(K, ck, rng, c, asan=False):
     if not bits_equal([rm["part"]], [rs_["part"]]) or not bits_equal([rs_["part"]], [partials_port(rn["loss"].ravel(), grid_of(n))]):
         bad.append("workspace partials != the f32 tree of the per-position losses (bitwise)")
     for red, res in ((MEAN, rm), (SUM, rs_)):
-        if not same_bits(res["loss"][0], reduce_port(res["part"], n, red)):
+        if not same(res["loss"][0], reduce_port(res["part"], n, red)):
             bad.append(f"{RED_NAMES[red]}: out != the port of dml_reduce on the partials (bitwise)")
     # log-scales below the clamp: gradient exactly 0 (kept at exactly -7)
     below = pv[:, 2 * k:] < LOG_SCALE_MIN
@@ -859,7 +799,7 @@ def scale_case(K, ck, rng, b, k, l, red, bf16, asan=False):
         got, p = K.scale(g, k, up, red, bf16, order=o, seed=s, guard=0 if asan else GUARD_BYTES)
         bad += [m for m in p if m not in bad]
         outs.append(got)
-    if not same_bits(outs[0], want):
+    if not same(outs[0], want):
         bad.append(f"{int((~((outs[0] == want) | (np.isnan(outs[0]) & np.isnan(want)))).sum())} elements differ from "
                    f"grad * upstream")
     if any(not bits_equal([outs[0]], [o]) for o in outs[1:]):
@@ -907,9 +847,9 @@ def part_reduce(K, ck, rng, asan=False):
                 got, p = K.reduce(part, 1, n, red, order=o, seed=s, guard=0 if asan else GUARD_BYTES)
                 problems += [f"blocks {blocks}: {m}" for m in p]
                 outs.append(got)
-            if any(not same_bits(outs[0], o) for o in outs[1:]):
+            if any(not same(outs[0], o) for o in outs[1:]):
                 problems.append(f"blocks {blocks} {RED_NAMES[red]}: order-dependent")
-            if not same_bits(outs[0], reduce_port(part, n, red)):
+            if not same(outs[0], reduce_port(part, n, red)):
                 problems.append(f"blocks {blocks} {RED_NAMES[red]}: got {outs[0]!r}, port {reduce_port(part, n, red)!r}")
             exact = part.astype(np.float64).sum() / (n if red == MEAN else 1)
             bound = (-(-blocks // BLOCK) + 9) * U * np.abs(part.astype(np.float64)).sum() / (n if red == MEAN else 1)
@@ -921,7 +861,7 @@ def part_reduce(K, ck, rng, asan=False):
         part = np.array(vals * 100, f32)
         got, p = K.reduce(part, 1, part.size * BLOCK, SUM, guard=0 if asan else GUARD_BYTES)
         problems += p
-        if not same_bits(np.float32(got), np.float32(want)) and not (np.isnan(want) and np.isnan(got)):
+        if not same(np.float32(got), np.float32(want)) and not (np.isnan(want) and np.isnan(got)):
             problems.append(f"{name}: got {got!r}")
     ck.check(f"dml_reduce_f32 on 1, 2, 255, 256, 257, 1000, 4097 partials, sum and mean: "
              f"{'ASan: no report, ' if asan else ''}bitwise the f32 port (thread t sums t, t + 256, ... then the tree), "

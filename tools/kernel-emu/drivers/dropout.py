@@ -12,13 +12,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from emu import ORDERS, Mem, P, run_main  # noqa: E402
+from drivers_common import (BF16_POISON, F32_POISON, Bufs, bf16_bits, bf16_bits_f64,  # noqa: E402
+                            bf16_value, first_diff, same)
 
 F32, U64 = C.c_float, C.c_uint64
 f32, u64 = np.float32, np.uint64
 M64 = (1 << 64) - 1
 GUARD_BYTES = 256    # normal build: sentinel bytes before and after every buffer (keeps 256-byte alignment)
-F32_POISON = np.uint32(0x7FA5A5A5).view(f32)  # a NaN
-BF16_POISON = np.uint16(0xFFFF)               # a NaN
 ALT_POISON = f32(-7777.0)                     # a finite poison for one more run: nothing may depend on it
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 
@@ -99,31 +99,6 @@ def keep_scalar(seed, offset, i, p):
     return bool(u >= f32(p))
 
 
-# ---- bf16 helpers (as in drivers/linear.py).
-def bf16_bits(x):
-    """f32 -> bf16 bits, round to nearest even; NaN -> 0x7fff (as emu.h's __float2bfloat16_rn)."""
-    x = np.ascontiguousarray(x, np.float32)
-    u = x.view(np.uint32)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FFF), r).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def bf16_bits_f64(x):
-    """f64 -> bf16 bits rounded once (to nearest even at 8 significant bits, straight from f64; normal
-    range, inf and NaN -> 0x7fff; not for results in the subnormal range)."""
-    x = np.ascontiguousarray(x, np.float64)
-    u = x.view(np.uint64)
-    with np.errstate(all="ignore"):
-        r = ((u + np.uint64((1 << 44) - 1) + ((u >> np.uint64(45)) & np.uint64(1))) >> np.uint64(45)) << np.uint64(45)
-        v = r.view(np.float64).astype(np.float32)  # exact: 8 significant bits (or inf past f32's range)
-    return np.where(np.isnan(x), np.uint16(0x7FFF), (v.view(np.uint32) >> 16).astype(np.uint16)).astype(np.uint16)
-
-
 # ---- The values port: the kernel's arithmetic, `u >= p ? snug_ld(in, i) * scale : 0.f` stored as T
 # (one f32 multiply; for bf16 the bf16 input widened, the f32 product rounded to nearest even).
 def value_port(bf16, x, mask, scale):
@@ -132,35 +107,6 @@ def value_port(bf16, x, mask, scale):
     with np.errstate(all="ignore"):
         v = np.where(mask, xv * f32(scale), f32(0.0)).astype(f32)
     return bf16_bits(v) if bf16 else v
-
-
-class Bufs:
-    """Buffers with sentinel guards before and after (normal build) or exact (ASan build)."""
-
-    def __init__(self, mem, guard):
-        self.mem, self.guard, self.items = mem, guard, {}
-
-    @staticmethod
-    def _sentinel(dtype):
-        return F32_POISON if dtype == np.float32 else np.uint16(0x7FA5)
-
-    def put(self, a, dtype, shift=0):
-        """shift: the buffer starts `shift` elements after a 256-byte boundary (1: not 16-byte
-        aligned, the kernel's scalar path); those elements are guarded too."""
-        a = np.ascontiguousarray(a, dtype).ravel()
-        g = self.guard // a.itemsize
-        s = np.full(g, self._sentinel(dtype), dtype)
-        base = self.mem.put(np.concatenate([s, np.full(shift, self._sentinel(dtype), dtype), a, s]), dtype)
-        ptr = base + (g + shift) * a.itemsize
-        self.items[ptr] = (base, g + shift, g, a.size, dtype)
-        return ptr
-
-    def get(self, ptr):
-        """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g0, g1, n, dtype = self.items[ptr]
-        full = self.mem.get(base)
-        s0, s1 = (np.full(g, self._sentinel(dtype), dtype).tobytes() for g in (g0, g1))
-        return full[g0:g0 + n].copy(), full[:g0].tobytes() == s0 and full[g0 + n:].tobytes() == s1
 
 
 class Kernels:
@@ -197,25 +143,6 @@ class Kernels:
             if x2.tobytes() != np.ascontiguousarray(x, dt).ravel().tobytes():
                 bad.append("input changed")
             return out, bad
-
-
-def same(got, want):
-    """Bitwise equal, except that f32 NaN only has to be NaN at the same positions (the GPU returns
-    its canonical NaN, the host the input's payload); bf16 bits exactly (NaN canonical 0x7fff)."""
-    got, want = np.asarray(got), np.asarray(want)
-    if got.dtype == np.uint16:
-        return got.shape == want.shape and got.tobytes() == want.tobytes()
-    gn, wn = np.isnan(got), np.isnan(want)
-    return bool(got.shape == want.shape and np.array_equal(gn, wn) and got[~gn].tobytes() == want[~wn].tobytes())
-
-
-def first_diff(got, want):
-    g, w = np.asarray(got).ravel(), np.asarray(want).ravel()
-    if g.dtype == np.uint16:
-        d = np.flatnonzero(g != w)
-        return f"{d.size} differ (e.g. [{int(d[0])}]: got 0x{int(g[d[0]]):04x}, want 0x{int(w[d[0]]):04x})" if d.size else ""
-    d = np.flatnonzero(~((g == w) & (np.signbit(g) == np.signbit(w)) | (np.isnan(g) & np.isnan(w))))
-    return f"{d.size} differ (e.g. [{int(d[0])}]: got {float(g[d[0]]):.9g}, want {float(w[d[0]]):.9g})" if d.size else ""
 
 
 def is_zero_bits(out, bf16):

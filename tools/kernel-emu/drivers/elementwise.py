@@ -12,6 +12,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from emu import ORDERS, Mem, P, bits_equal, run_main  # noqa: E402
+from drivers_common import F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value, fma_f32, same  # noqa: E402
 
 F32, U32, U64 = C.c_float, C.c_uint32, C.c_uint64
 f32 = np.float32
@@ -21,7 +22,6 @@ FLOOR = 1e-2
 CANCEL_ULPS = 4      # backward: plus CANCEL_ULPS u (size of the terms of f' that cancel at its root), see tolerance()
 BF16_TOL = 1e-2      # bf16 activations: |err| <= BF16_TOL max(|want|, FLOOR)
 GUARD_BYTES = 256    # normal build: sentinel bytes before and after every buffer (keeps 256-byte alignment)
-F32_POISON = np.uint32(0x7FA5A5A5).view(f32)  # a NaN
 ALT_POISON = f32(-7777.0)                     # a finite poison for one more run: nothing may depend on it
 
 # Activation codes (kernels/elementwise.h SNUG_ACT_*, src/ops/elementwise.rs Act::code).
@@ -52,54 +52,6 @@ def vec_of(bf16):
 
 def grid_of(n, bf16):
     return min(max(-(-(-(-n // vec_of(bf16))) // BLOCK), 1), MAX_GRID)
-
-
-def bf16_bits(x):
-    """f32 -> bf16 bits, round to nearest even; NaN -> 0x7fff (as emu.h's __float2bfloat16_rn)."""
-    x = np.ascontiguousarray(x, np.float32)
-    u = x.view(np.uint32)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FFF), r).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def bf16_round(x):
-    return bf16_value(bf16_bits(x))
-
-
-class Bufs:
-    """Buffers with sentinel guards before and after (normal build) or exact (ASan build)."""
-
-    def __init__(self, mem, guard):
-        self.mem, self.guard, self.items = mem, guard, {}
-
-    @staticmethod
-    def _sentinel(dtype):
-        return F32_POISON if dtype == np.float32 else np.uint16(0x7FA5)
-
-    def put(self, a, dtype, shift=0):
-        """shift: the buffer starts `shift` elements after a 256-byte boundary (1: not 16-byte
-        aligned, the kernels' scalar path); those elements are guarded too."""
-        if a is None:
-            return None
-        a = np.ascontiguousarray(a, dtype).ravel()
-        g = self.guard // a.itemsize
-        s = np.full(g, self._sentinel(dtype), dtype)
-        base = self.mem.put(np.concatenate([s, np.full(shift, self._sentinel(dtype), dtype), a, s]), dtype)
-        ptr = base + (g + shift) * a.itemsize
-        self.items[ptr] = (base, g + shift, g, a.size, dtype)
-        return ptr
-
-    def get(self, ptr):
-        """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g0, g1, n, dtype = self.items[ptr]
-        full = self.mem.get(base)
-        s0, s1 = (np.full(g, self._sentinel(dtype), dtype).tobytes() for g in (g0, g1))
-        return full[g0:g0 + n].copy(), full[:g0].tobytes() == s0 and full[g0 + n:].tobytes() == s1
 
 
 class Kernels:
@@ -379,21 +331,6 @@ def part_shapes(K, ck, rng, asan=False):
 # ---- axpby: a numpy float32 port of the kernel's arithmetic (v = alpha * a rounded to f32; with
 # b: v = fmaf(beta, b, v); bf16: loads widened, the result rounded to nearest even), compared
 # bitwise; and the port against f64 within 2 u (|alpha a| + |beta b|) (+ bf16 rounding).
-def fma_f32(a, b, c):
-    """fmaf(a, b, c) elementwise, correctly rounded: a*b is exact in f64; the f64 sum is rounded to
-    odd (TwoSum error term, the last bit forced to 1 when inexact), so the final rounding to f32 is
-    exact (as in drivers/gemm.py)."""
-    p = a.astype(np.float64) * b.astype(np.float64)
-    c = c.astype(np.float64)
-    with np.errstate(all="ignore"):
-        s = p + c
-        bb = s - p
-        err = (p - (s - bb)) + (c - bb)
-        fix = np.isfinite(s) & (err != 0) & ((s.view(np.uint64) & 1) == 0)
-        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-        return s.astype(f32)
-
-
 def axpby_port(bf16, a, b, alpha, beta):
     """-> the kernel's result as f32 values (bf16: the stored bf16's value)."""
     if bf16:
@@ -404,12 +341,6 @@ def axpby_port(bf16, a, b, alpha, beta):
         if b is not None:
             v = fma_f32(np.full_like(v, f32(beta)), b.astype(f32), v)
     return bf16_round(v) if bf16 else v
-
-
-def same(got, want):
-    """Bitwise equal, except that NaN only has to be NaN at the same positions."""
-    gn, wn = np.isnan(got), np.isnan(want)
-    return bool(got.shape == want.shape and np.array_equal(gn, wn) and got[~gn].tobytes() == want[~wn].tobytes())
 
 
 # (n, grid or None for the launcher's, alpha, beta, b given, what)

@@ -10,6 +10,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from emu import ORDERS, Mem, P, bits_equal, run_main  # noqa: E402
+from drivers_common import fma_f32, same  # noqa: E402
 
 F32, U64 = C.c_float, C.c_uint64
 f32 = np.float32
@@ -42,21 +43,6 @@ class Kernels:
             return mem.get(op)
 
 
-def fma_f32(a, b, c):
-    """fmaf(a, b, c) elementwise for f32 arrays, correctly rounded: a*b is exact in f64; the f64 sum
-    is rounded to odd (TwoSum error term, then the last bit forced to 1 when inexact), which makes
-    the final rounding to f32 exact (53 >= 24 + 2; a plain f64 sum could double-round)."""
-    p = a.astype(np.float64) * b.astype(np.float64)
-    c = c.astype(np.float64)
-    with np.errstate(all="ignore"):
-        s = p + c
-        bb = s - p
-        err = (p - (s - bb)) + (c - bb)
-        fix = np.isfinite(s) & (err != 0) & ((s.view(np.uint64) & 1) == 0)
-        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-        return s.astype(f32)
-
-
 def reference_f32(part, out, alpha, beta):
     """The kernel's arithmetic in float32, same order: acc = 0; acc += part[b] for b in order;
     acc *= alpha; acc = fmaf(beta, out, acc) if beta != 0."""
@@ -80,12 +66,6 @@ def reference_f64(part, out, alpha, beta):
         want = want + float(f32(beta)) * out.astype(np.float64)
         mag = mag + abs(float(f32(beta))) * np.abs(out.astype(np.float64))
     return want, (part.shape[0] + 2) * U * mag + 1e-45
-
-
-def same(got, want):
-    """Bitwise equal, except that NaN only has to be NaN at the same positions."""
-    gn, wn = np.isnan(got), np.isnan(want)
-    return bool(got.shape == want.shape and np.array_equal(gn, wn) and got[~gn].tobytes() == want[~wn].tobytes())
 
 
 # (count, batch, alpha, beta): count around and not a multiple of 256, batch 1 and large-ish.

@@ -15,13 +15,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from emu import ORDERS, Mem, P, run_main  # noqa: E402
+from drivers_common import F32_POISON, Bufs, bf16_bits, bf16_round, first_diff, fma_f32, same, tree  # noqa: E402
 
 U64 = C.c_uint64
 f32 = np.float32
 U = 2.0 ** -24       # f32 unit roundoff
 NORM_TOL = 1e-6      # norm vs f64: |got - want| <= NORM_TOL sqrt(n) want (n the elements over all tensors)
 GUARD_BYTES = 256    # normal build: sentinel bytes before and after every buffer (keeps 256-byte alignment)
-F32_POISON = np.uint32(0x7FA5A5A5).view(f32)  # a NaN
 ALT_POISON = f32(-7777.0)                     # a finite poison for one more run: nothing may depend on it
 
 
@@ -82,50 +82,6 @@ def launch_plan(lens):
     return plan
 
 
-def bf16_bits(x):
-    """f32 -> bf16 bits, round to nearest even; NaN -> 0x7fff (as emu.h's __float2bfloat16_rn)."""
-    x = np.ascontiguousarray(x, np.float32)
-    u = x.view(np.uint32)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FFF), r).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def bf16_round(x):
-    return bf16_value(bf16_bits(x))
-
-
-class Bufs:
-    """Buffers with sentinel guards before and after (normal build) or exact (ASan build)."""
-
-    def __init__(self, mem, guard):
-        self.mem, self.guard, self.items = mem, guard, {}
-
-    @staticmethod
-    def _sentinel(dtype):
-        return F32_POISON if dtype == np.float32 else np.uint16(0x7FA5)
-
-    def put(self, a, dtype):
-        a = np.ascontiguousarray(a, dtype).ravel()
-        g = self.guard // a.itemsize
-        s = np.full(g, self._sentinel(dtype), dtype)
-        base = self.mem.put(np.concatenate([s, a, s]), dtype)
-        ptr = base + g * a.itemsize
-        self.items[ptr] = (base, g, a.size, dtype)
-        return ptr
-
-    def get(self, ptr):
-        """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g, n, dtype = self.items[ptr]
-        full = self.mem.get(base)
-        s = np.full(g, self._sentinel(dtype), dtype).tobytes()
-        return full[g:g + n].copy(), full[:g].tobytes() == s and full[g + n:].tobytes() == s
-
-
 class Kernels:
     def __init__(self, emu):
         self.emu = emu
@@ -170,33 +126,10 @@ class Kernels:
             return ws, out, bad
 
 
-# ---- The port: the kernels' float32 arithmetic, same order. fmaf(v, v, acc) exactly rounded: v*v is
-# exact in f64 (48 bits), the f64 sum is rounded to odd (TwoSum error term, then the last bit forced to
-# 1 when inexact), which makes the final rounding to f32 exact (53 >= 24 + 2; a plain f64 sum can
-# double-round: see part `reference`).
-def fma_f32(a, b, c):
-    """fmaf(a, b, c) elementwise for f32 arrays, correctly rounded (as drivers/gemm.py)."""
-    p = a.astype(np.float64) * b.astype(np.float64)
-    c = c.astype(np.float64)
-    with np.errstate(all="ignore"):
-        s = p + c
-        bb = s - p
-        err = (p - (s - bb)) + (c - bb)
-        fix = np.isfinite(s) & (err != 0) & ((s.view(np.uint64) & 1) == 0)
-        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-        return s.astype(f32)
-
-
-def tree(acc):
-    """block_sum over the last axis (256 values): for s = 128, 64, .., 1: red[t] += red[t + s]."""
-    s = BLOCK // 2
-    with np.errstate(all="ignore"):
-        while s:
-            acc = acc[..., :s] + acc[..., s:2 * s]
-            s //= 2
-    return acc[..., 0]
-
-
+# ---- The port: the kernels' float32 arithmetic, same order. fmaf(v, v, acc) exactly rounded (fma_f32):
+# v*v is exact in f64 (48 bits), the f64 sum is rounded to odd (TwoSum error term, then the last bit
+# forced to 1 when inexact), which makes the final rounding to f32 exact (53 >= 24 + 2; a plain f64
+# sum can double-round: see part `reference`).
 def partial_port(xv, fused=True):
     """xv: (n,) f32 values -> (ceil(n / 4096),) f32 partials. Element c 4096 + j 256 + t is thread t's
     j-th term of chunk c. The chunk is zero-padded to 4096: fmaf(0, 0, acc) == acc bitwise for every
@@ -239,21 +172,6 @@ def reference(values):
     s = sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in values)
     chain = CHUNK // BLOCK + 8 + -(-sum(blocks_of(v.size) for v in values) // BLOCK) + 8
     return math.sqrt(s), (chain / 2 + 1) * U * 1.01
-
-
-def same(got, want):
-    """Bitwise equal, except that NaN only has to be NaN at the same positions."""
-    got, want = np.asarray(got), np.asarray(want)
-    gn, wn = np.isnan(got), np.isnan(want)
-    return bool(got.shape == want.shape and np.array_equal(gn, wn) and got[~gn].tobytes() == want[~wn].tobytes())
-
-
-def first_diff(got, want):
-    g, w = np.asarray(got).ravel(), np.asarray(want).ravel()
-    if g.shape != w.shape:
-        return f"shape {g.shape} != {w.shape}"
-    d = np.flatnonzero(~((g == w) & (np.signbit(g) == np.signbit(w)) | (np.isnan(g) & np.isnan(w))))
-    return f"{d.size} differ (e.g. [{int(d[0])}]: got {float(g[d[0]]):.9g}, want {float(w[d[0]]):.9g})" if d.size else ""
 
 
 def check_case(K, ck, bf16, values, label, guard, asan, expect=None, f64=True, ws_extra=0):

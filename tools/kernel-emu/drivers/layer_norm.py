@@ -10,7 +10,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from emu import ORDERS, RANDOM, REVERSE, Mem, P, bits_equal, rel_err, run_main  # noqa: E402
+from emu import ORDERS, Mem, P, bits_equal, rel_err, run_main  # noqa: E402
+from drivers_common import Bufs, bf16_value, launch_xy  # noqa: E402
 
 F32, U32, U64 = C.c_float, C.c_uint32, C.c_uint64
 f32 = np.float32
@@ -20,15 +21,11 @@ SHIFT_TOL = 1e-3     # x = 1000 + N(0, 1): x - mean loses ~10 bits to the f32 me
 GUARD_BYTES = 256    # normal build: sentinel bytes before and after every buffer (keeps 256-byte alignment)
 
 
+# Not drivers_common.bf16_bits (nor bf16_round): a NaN is rounded like other bits, not made 0x7fff.
 def bf16_bits(x):
     """f32 -> bf16 bits, round to nearest even (finite inputs)."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32)
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value (bit pattern kept, NaN payloads included)."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def bf16_round(x):
@@ -101,61 +98,6 @@ def chunk_bounds(rows, chunks):
     return [(k * rows // chunks, (k + 1) * rows // chunks) for k in range(chunks)]
 
 
-class EmuDim(C.Structure):  # emu.h's EmuDim (blockIdx, gridDim, ... are exported globals of the library)
-    _fields_ = [("x", C.c_uint), ("y", C.c_uint), ("z", C.c_uint)]
-
-
-def launch_xy(emu, kernel, prm, grid_x, grid_y, block, smem, order, seed):
-    """A (grid_x, grid_y) launch on an emulator that models blockIdx.x only: one grid_x launch per
-    blockIdx.y, with the library's blockIdx.y / gridDim.y set from here (emu_launch leaves y alone).
-    The y values run ascending, descending or shuffled with the thread order; blocks of a launch
-    are independent, so running them row by row is one of the GPU's possible schedules."""
-    bi, gd = EmuDim.in_dll(emu.lib, "blockIdx"), EmuDim.in_dll(emu.lib, "gridDim")
-    saved = bi.y, gd.y
-    ys = list(range(grid_y))
-    if order == REVERSE:
-        ys.reverse()
-    elif order == RANDOM:
-        np.random.default_rng(seed).shuffle(ys)
-    try:
-        for y in ys:
-            bi.y, gd.y = y, grid_y
-            emu.launch(kernel, prm, grid_x, block, smem, order, seed + y)
-    finally:
-        bi.y, gd.y = saved
-
-
-class Bufs:
-    """Buffers with optional sentinel guards before and after (normal build) or exact (ASan build)."""
-
-    def __init__(self, mem, guard):
-        self.mem, self.guard, self.items = mem, guard, {}
-
-    def _sentinel(self, dtype):
-        return np.array(0x7FA5A5A5, np.uint32).view(np.float32) if dtype == np.float32 else np.uint16(0x7FA5)
-
-    def put(self, a, dtype, poison=False):
-        if a is None:
-            return None
-        a = np.ascontiguousarray(a, dtype).ravel()
-        if poison:
-            a = np.full(a.shape, np.nan if dtype == np.float32 else 0xFFFF, dtype)  # bf16 0xFFFF is a NaN
-        g = self.guard // a.itemsize
-        full = np.concatenate([np.full(g, self._sentinel(dtype), dtype), a, np.full(g, self._sentinel(dtype), dtype)])
-        base = self.mem.put(full, dtype)
-        ptr = base + g * a.itemsize
-        self.items[ptr] = (base, g, a.size, dtype)
-        return ptr
-
-    def get(self, ptr):
-        """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g, n, dtype = self.items[ptr]
-        full = self.mem.get(base)
-        s = np.full(g, self._sentinel(dtype), dtype)
-        ok = full[:g].tobytes() == s.tobytes() and full[g + n:].tobytes() == s.tobytes()
-        return full[g:g + n].copy(), ok
-
-
 class Kernels:
     def __init__(self, emu):
         self.emu = emu
@@ -197,7 +139,7 @@ class Kernels:
             self.emu.launch(f"layer_norm_bwd_dx{cols}_{t}", bwd, grid, block, smem, order, seed + 1)
             if want_params:
                 launch_xy(self.emu, f"layer_norm_bwd_params{cols}_{t}", bwd, cc if cols else -(-cc // 32), chunks, BLOCK,
-                          8 * BLOCK, order, seed + 2)
+                          order, seed + 2, smem=8 * BLOCK)
                 self.emu.launch("layer_norm_reduce_f32", bwd, -(-cc // 32), BLOCK, 8 * BLOCK, order, seed + 3)
             res, bad_guard, changed = {}, [], []
             for name in ("y", "dx", "mean", "rstd", "part", "dgamma", "dbeta"):

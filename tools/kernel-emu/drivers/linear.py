@@ -11,7 +11,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from emu import ORDERS, RANDOM, REVERSE, Mem, P, run_main  # noqa: E402
+from emu import ORDERS, Mem, P, run_main  # noqa: E402
+from drivers_common import (BF16_POISON, F32_POISON, Bufs, bf16_bits, bf16_bits_f64,  # noqa: E402
+                            bf16_round, bf16_value, first_diff, launch_xy, same)
 
 U32, U64 = C.c_uint32, C.c_uint64
 f32 = np.float32
@@ -19,8 +21,6 @@ U = 2.0 ** -24       # f32 unit roundoff
 BF16_U = 2.0 ** -8   # bf16 unit roundoff (8 significant bits)
 SUM_TOL = 1e-6       # sums vs f64: |got - want| <= SUM_TOL sqrt(n) ||dy[:, o]||_2 (n rows summed; zero-mean dy)
 GUARD_BYTES = 256    # normal build: sentinel bytes before and after every buffer (keeps 256-byte alignment)
-F32_POISON = np.uint32(0x7FA5A5A5).view(f32)  # a NaN
-BF16_POISON = np.uint16(0xFFFF)               # a NaN
 ALT_POISON = f32(-7777.0)                     # a finite poison for one more run: nothing may depend on it
 
 
@@ -57,88 +57,6 @@ def chunks_of(rows):
 
 def out_blocks(out):
     return -(-out // BLOCK)
-
-
-def bf16_bits(x):
-    """f32 -> bf16 bits, round to nearest even; NaN -> 0x7fff (as emu.h's __float2bfloat16_rn)."""
-    x = np.ascontiguousarray(x, np.float32)
-    u = x.view(np.uint32)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FFF), r).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def bf16_round(x):
-    return bf16_value(bf16_bits(x))
-
-
-def bf16_bits_f64(x):
-    """f64 -> bf16 bits rounded once (to nearest even at 8 significant bits, straight from f64; normal
-    range, inf and NaN -> 0x7fff; not for results in the subnormal range)."""
-    x = np.ascontiguousarray(x, np.float64)
-    u = x.view(np.uint64)
-    with np.errstate(all="ignore"):
-        r = ((u + np.uint64((1 << 44) - 1) + ((u >> np.uint64(45)) & np.uint64(1))) >> np.uint64(45)) << np.uint64(45)
-        v = r.view(np.float64).astype(np.float32)  # exact: 8 significant bits (or inf past f32's range)
-    return np.where(np.isnan(x), np.uint16(0x7FFF), (v.view(np.uint32) >> 16).astype(np.uint16)).astype(np.uint16)
-
-
-class EmuDim(C.Structure):  # emu.h's EmuDim (blockIdx, gridDim, ... are exported globals of the library)
-    _fields_ = [("x", C.c_uint), ("y", C.c_uint), ("z", C.c_uint)]
-
-
-def launch_xy(emu, kernel, prm, grid_x, grid_y, block, order, seed):
-    """A (grid_x, grid_y) launch on an emulator that models blockIdx.x only (as in drivers/layer_norm.py):
-    one grid_x launch per blockIdx.y, with the library's blockIdx.y / gridDim.y set from here
-    (emu_launch leaves y alone). The y values run ascending, descending or shuffled with the thread
-    order; blocks of a launch are independent, so running them row by row is one of the GPU's
-    possible schedules."""
-    bi, gd = EmuDim.in_dll(emu.lib, "blockIdx"), EmuDim.in_dll(emu.lib, "gridDim")
-    saved = bi.y, gd.y
-    ys = list(range(grid_y))
-    if order == REVERSE:
-        ys.reverse()
-    elif order == RANDOM:
-        np.random.default_rng(seed).shuffle(ys)
-    try:
-        for y in ys:
-            bi.y, gd.y = y, grid_y
-            emu.launch(kernel, prm, grid_x, block, 0, order, seed + y)
-    finally:
-        bi.y, gd.y = saved
-
-
-class Bufs:
-    """Buffers with sentinel guards before and after (normal build) or exact (ASan build)."""
-
-    def __init__(self, mem, guard):
-        self.mem, self.guard, self.items = mem, guard, {}
-
-    @staticmethod
-    def _sentinel(dtype):
-        return F32_POISON if dtype == np.float32 else np.uint16(0x7FA5)
-
-    def put(self, a, dtype):
-        if a is None:
-            return None
-        a = np.ascontiguousarray(a, dtype).ravel()
-        g = self.guard // a.itemsize
-        s = np.full(g, self._sentinel(dtype), dtype)
-        base = self.mem.put(np.concatenate([s, a, s]), dtype)
-        ptr = base + g * a.itemsize
-        self.items[ptr] = (base, g, a.size, dtype)
-        return ptr
-
-    def get(self, ptr):
-        """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g, n, dtype = self.items[ptr]
-        full = self.mem.get(base)
-        s = np.full(g, self._sentinel(dtype), dtype).tobytes()
-        return full[g:g + n].copy(), full[:g].tobytes() == s and full[g + n:].tobytes() == s
 
 
 class Kernels:
@@ -202,25 +120,6 @@ class Kernels:
             if d2.tobytes() != np.ascontiguousarray(dy, dt).ravel().tobytes():
                 bad.append("dy changed")
             return part.reshape(chunks, out), db, bad
-
-
-def same(got, want):
-    """Bitwise equal, except that NaN only has to be NaN at the same positions (f32 arrays); bf16
-    bits exactly (NaN is canonical 0x7fff on both sides)."""
-    got, want = np.asarray(got), np.asarray(want)
-    if got.dtype == np.uint16:
-        return got.shape == want.shape and got.tobytes() == want.tobytes()
-    gn, wn = np.isnan(got), np.isnan(want)
-    return bool(got.shape == want.shape and np.array_equal(gn, wn) and got[~gn].tobytes() == want[~wn].tobytes())
-
-
-def first_diff(got, want):
-    g, w = np.asarray(got).ravel(), np.asarray(want).ravel()
-    if g.dtype == np.uint16:
-        d = np.flatnonzero(g != w)
-        return f"{d.size} differ (e.g. [{int(d[0])}]: got 0x{int(g[d[0]]):04x}, want 0x{int(w[d[0]]):04x})" if d.size else ""
-    d = np.flatnonzero(~((g == w) & (np.signbit(g) == np.signbit(w)) | (np.isnan(g) & np.isnan(w))))
-    return f"{d.size} differ (e.g. [{int(d[0])}]: got {float(g[d[0]]):.9g}, want {float(w[d[0]]):.9g})" if d.size else ""
 
 
 # ---- bias_add. Reference: the f64 sum y + bias[o] (exact for f32 / bf16 inputs in the ranges used)

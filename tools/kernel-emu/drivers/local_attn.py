@@ -10,6 +10,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from emu import ORDERS, Mem, P, bits_equal, rel_err, run_main  # noqa: E402
+from drivers_common import Bufs, bf16_value  # noqa: E402
 
 F32, U32, U64 = C.c_float, C.c_uint32, C.c_uint64
 f32 = np.float32
@@ -19,15 +20,11 @@ BF16_TOL = 1e-2  # bf16 entries: bf16-stored tensors and delta (D from the bf16 
 GUARD_BYTES = 256  # normal build: sentinel bytes before and after every buffer (keeps 256-byte alignment)
 
 
+# Not drivers_common.bf16_bits (nor bf16_round): a NaN is rounded like other bits, not made 0x7fff.
 def bf16_bits(x):
     """f32 -> bf16 bits, round to nearest even (finite inputs)."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32)
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value (bit pattern kept, NaN payloads included)."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def bf16_round(x):
@@ -81,35 +78,6 @@ def from_mem(a, layout, shape):
     if layout == "bhwd":
         return a.reshape(shape)
     return a.reshape(B, Hd, d, H, W).transpose(0, 1, 3, 4, 2)
-
-
-class Bufs:
-    """Buffers with optional sentinel guards before and after (normal build) or exact (ASan build)."""
-
-    def __init__(self, mem, guard):
-        self.mem, self.guard, self.items = mem, guard, {}
-
-    def _sentinel(self, dtype):
-        return np.array(0x7FA5A5A5, np.uint32).view(np.float32) if dtype == np.float32 else np.uint16(0x7FA5)
-
-    def put(self, a, dtype, poison=False):
-        a = np.ascontiguousarray(a, dtype).ravel()
-        if poison:
-            a = np.full(a.shape, np.nan if dtype == np.float32 else 0xFFFF, dtype)  # bf16 0xFFFF is a NaN
-        g = self.guard // a.itemsize
-        full = np.concatenate([np.full(g, self._sentinel(dtype), dtype), a, np.full(g, self._sentinel(dtype), dtype)])
-        base = self.mem.put(full, dtype)
-        ptr = base + g * a.itemsize
-        self.items[ptr] = (base, g, a.size, dtype)
-        return ptr
-
-    def get(self, ptr):
-        """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
-        base, g, n, dtype = self.items[ptr]
-        full = self.mem.get(base)
-        s = np.full(g, self._sentinel(dtype), dtype)
-        ok = full[:g].tobytes() == s.tobytes() and full[g + n:].tobytes() == s.tobytes()
-        return full[g:g + n].copy(), ok
 
 
 class Kernels:

@@ -9,6 +9,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from emu import ORDERS, RANDOM, Mem, P, bits_equal, rel_err, run_main  # noqa: E402
+from drivers_common import bf16_value  # noqa: E402
 
 U32, U64 = C.c_uint32, C.c_uint64
 INPUTS = ("u", "delta", "a", "b", "c", "d_skip", "delta_bias", "z")
@@ -16,15 +17,11 @@ GRADS = ("du", "ddelta", "da", "db", "dc", "dd_skip", "ddelta_bias", "dz")
 ACTS = ("u", "delta", "b", "c", "z")  # activations: T (f32 or bf16); a, d_skip, delta_bias stay f32
 
 
+# Not drivers_common.bf16_bits (nor bf16_round): a NaN is rounded like other bits, not made 0x7fff.
 def bf16_bits(x):
     """f32 -> bf16 bits, round to nearest even (finite inputs)."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32)
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def bf16_value(bits):
-    """bf16 bits -> the f32 with the same value (bit pattern kept, NaN payloads included)."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def bf16_round(x):

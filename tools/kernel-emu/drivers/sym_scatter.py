@@ -14,17 +14,14 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from emu import ORDERS, Mem, P, run_main  # noqa: E402
-from dropout import Bufs  # noqa: E402 - guarded buffers
-from grad_norm import bf16_bits, bf16_round, bf16_value, first_diff, same  # noqa: E402
+from drivers_common import F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value, first_diff, same  # noqa: E402
 
 U32, U64, F32 = C.c_uint32, C.c_uint64, C.c_float
 f32 = np.float32
 U = 2.0 ** -24
 GUARD_BYTES = 256
-F32_POISON = np.uint32(0x7FA5A5A5).view(f32)  # a NaN
-BF16_POISON = np.uint16(0xFFC1)               # a NaN
+BF16_POISON = np.uint16(0xFFC1)               # a NaN (this driver's; drivers_common.BF16_POISON is 0xFFFF)
 BLOCK = 256
 MAX_N = 64
 

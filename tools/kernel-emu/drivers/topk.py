@@ -10,9 +10,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from emu import ORDERS, Mem, P, run_main  # noqa: E402
-from grad_norm import F32_POISON, Bufs, bf16_bits, bf16_value  # noqa: E402
+from drivers_common import F32_POISON, Bufs, bf16_bits, bf16_value  # noqa: E402
 
 U64, U32 = C.c_uint64, C.c_uint32
 f32 = np.float32

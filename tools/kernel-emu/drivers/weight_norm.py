@@ -11,9 +11,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from emu import ORDERS, Mem, P, run_main  # noqa: E402
-from grad_norm import F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value, first_diff, fma_f32, same, tree  # noqa: E402
+from drivers_common import (F32_POISON, Bufs, bf16_bits, bf16_round, bf16_value, first_diff,  # noqa: E402
+                            fma_f32, same, tree)
 
 U64 = C.c_uint64
 f32 = np.float32
