@@ -6,7 +6,8 @@
 //! against the twin.
 
 use snug::ops::cross_entropy::{
-    cross_entropy, cross_entropy_backward, cross_entropy_in_place, linear_cross_entropy, linear_workspace_bytes, workspace_bytes, CrossEntropySpec, LinearCrossEntropySpec, Reduction,
+    chunk_rows_for_budget, cross_entropy, cross_entropy_backward, cross_entropy_in_place, linear_cross_entropy, linear_workspace_bytes, workspace_bytes, CrossEntropySpec, LinearCrossEntropySpec,
+    Reduction,
 };
 use snug::testing::{assert_close, gpu_or_skip, poison, randn, rng, widen, Tol};
 use snug::{Arena, Error, Plan, Role, View, ViewMut};
@@ -190,6 +191,18 @@ fn workspace_sizes_are_pure_functions_of_shapes() {
     assert_eq!(linear_workspace_bytes(16_384, 50_257, 1024, Reduction::Mean, snug::DType::BF16), 1024 * 50_257 * 2 + 4 * 16_385);
     // A chunk larger than the rows is clamped; odd bf16 element counts round up to 4 bytes.
     assert_eq!(linear_workspace_bytes(3, 5, 100, Reduction::None, snug::DType::BF16), 32 + 4);
+    // The chunk for a budget: the largest that fits, for every budget around the steps.
+    for (rows, v, red, dt) in [(16_384usize, 50_257usize, Reduction::Mean, snug::DType::BF16), (37, 5, Reduction::None, snug::DType::BF16), (10, 7, Reduction::Sum, snug::DType::F32)] {
+        for budget in (0..linear_workspace_bytes(rows, v, rows, red, dt) + 64).step_by(1 + rows * v / 97) {
+            let c = chunk_rows_for_budget(rows, v, red, dt, budget);
+            assert!((1..=rows).contains(&c));
+            let fits = |c: usize| linear_workspace_bytes(rows, v, c, red, dt) <= budget;
+            assert!(c == 1 || fits(c), "rows {rows} budget {budget}: chunk {c} does not fit");
+            assert!(c == rows || !fits(c + 1), "rows {rows} budget {budget}: chunk {} would fit too", c + 1);
+        }
+    }
+    // Seed 003 (bf16) with 256 MiB to spare: 2,669 rows of 50,257 logits.
+    assert_eq!(chunk_rows_for_budget(16_384, 50_257, Reduction::Mean, snug::DType::BF16, 256 << 20), (((256 << 20) - 4 * 16_385) / 4 * 4) / (2 * 50_257));
 }
 
 /// Unchunked f64 reference of the fused head: logits = h·Wᵀ, the twin's loss and gradient,

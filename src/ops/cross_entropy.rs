@@ -25,7 +25,7 @@
 //! cost of nothing: each chunk's logits are produced, consumed and turned into gradients before
 //! the next (three GEMMs per chunk through cuBLAS, `dW` accumulated across chunks in order:
 //! deterministic). Use an f32 `dW` with bf16 activations (accumulating chunks in bf16 loses
-//! bits).
+//! bits). [`chunk_rows_for_budget`] turns the bytes a plan can spare into the chunk.
 //!
 //! Bad targets (outside `[0, V)` and not ignored): a typed error in the CPU twin, which sees them;
 //! on the GPU the row's loss and gradient are NaN (no device-side assert or read-back). Storage
@@ -108,6 +108,17 @@ pub fn workspace_bytes(rows: usize, reduction: Reduction) -> usize {
 pub fn linear_workspace_bytes(rows: usize, vocab: usize, chunk_rows: usize, reduction: Reduction, dtype: DType) -> usize {
     let chunk = chunk_rows.clamp(1, rows.max(1));
     (chunk * vocab * dtype.size()).div_ceil(4) * 4 + workspace_bytes(rows, reduction).max(4)
+}
+
+/// The largest `chunk_rows` (at most `rows`, at least 1) whose [`linear_workspace_bytes`] fit in
+/// `budget` bytes: how a model's plan turns the memory it can spare into the fused head's chunk.
+/// A budget below the one-row minimum still gives 1 (the plan then holds more than `budget`).
+pub fn chunk_rows_for_budget(rows: usize, vocab: usize, reduction: Reduction, dtype: DType, budget: usize) -> usize {
+    let fixed = linear_workspace_bytes(rows, vocab, 1, reduction, dtype) - (vocab * dtype.size()).div_ceil(4) * 4;
+    let per_row = vocab * dtype.size();
+    // (chunk·per_row rounded up to 4) + fixed <= budget  ⇔  chunk·per_row <= (budget − fixed) rounded down to 4.
+    let room = budget.saturating_sub(fixed) / 4 * 4;
+    (room / per_row.max(1)).clamp(1, rows.max(1))
 }
 
 /// Per-row losses and (when `grad`) the gradient in f64: the twin. Errors on a target outside
