@@ -1403,6 +1403,42 @@ impl Default for SnugTopkParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct SnugTransposeParams {
+    pub dst: *mut ::core::ffi::c_void,
+    pub src: *const ::core::ffi::c_void,
+    pub outer: u64,
+    pub a: u64,
+    pub b: u64,
+    pub inner: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of SnugTransposeParams"][::core::mem::size_of::<SnugTransposeParams>() - 48usize];
+    ["Alignment of SnugTransposeParams"][::core::mem::align_of::<SnugTransposeParams>() - 8usize];
+    ["Offset of field: SnugTransposeParams::dst"]
+        [::core::mem::offset_of!(SnugTransposeParams, dst) - 0usize];
+    ["Offset of field: SnugTransposeParams::src"]
+        [::core::mem::offset_of!(SnugTransposeParams, src) - 8usize];
+    ["Offset of field: SnugTransposeParams::outer"]
+        [::core::mem::offset_of!(SnugTransposeParams, outer) - 16usize];
+    ["Offset of field: SnugTransposeParams::a"]
+        [::core::mem::offset_of!(SnugTransposeParams, a) - 24usize];
+    ["Offset of field: SnugTransposeParams::b"]
+        [::core::mem::offset_of!(SnugTransposeParams, b) - 32usize];
+    ["Offset of field: SnugTransposeParams::inner"]
+        [::core::mem::offset_of!(SnugTransposeParams, inner) - 40usize];
+};
+impl Default for SnugTransposeParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct SnugWeightNormParams {
     pub v: *const ::core::ffi::c_void,
     pub g: *const ::core::ffi::c_void,

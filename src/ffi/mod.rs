@@ -64,6 +64,8 @@ unsafe impl cudarc::driver::DeviceRepr for SnugCosineSimParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugRepeatInterleaveParams {}
 // SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for SnugTransposeParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugSymScatterParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for SnugBceParams {}

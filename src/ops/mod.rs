@@ -25,6 +25,7 @@ pub mod repeat_interleave;
 pub mod selective_scan;
 pub mod sym_scatter;
 pub mod topk;
+pub mod transpose;
 pub mod weight_norm;
 
 use crate::memory::{Loc, View, ViewMut};
