@@ -38,7 +38,7 @@ use cudarc::driver::LaunchConfig;
 
 pub use super::Reduction;
 use super::gemm::{gemm, GemmSpec};
-use super::{check_range, check_shape, common_loc, host_f64, require_f32, require_f32_or_bf16, require_workspace, store_f64, Real};
+use super::{check_range, check_shape, common_loc, host_f64, need_workspace, require_f32, require_f32_or_bf16, require_workspace, store_f64, Real};
 use crate::device::Gpu;
 use crate::ffi::{self, SnugCrossEntropyParams};
 use crate::memory::{Loc, View, ViewMut};
@@ -404,7 +404,7 @@ pub fn linear_cross_entropy<T: Real, P: Real>(
         }
         Some(_) => {
             let want = linear_workspace_bytes(rows, vocab, chunk, ce.reduction, T::DTYPE) / 4;
-            let ws = require_workspace(OP_LIN, workspace, want, "linear_workspace_bytes")?.ok_or(Error::Value { op: OP_LIN, arg: "workspace", expected: "a workspace".into(), got: "None".into() })?;
+            let ws = need_workspace(OP_LIN, workspace, want, "linear_workspace_bytes")?;
             let (lb, rest) = ws.split_at((logits_len * T::DTYPE.size()).div_ceil(4))?;
             let lb = lb.cast::<T>()?.split_at(logits_len)?.0.reshape(&[chunk, vocab])?;
             let (cnt, rest) = rest.split_at(1)?;
