@@ -137,6 +137,17 @@ class Bufs:
         """n elements of the sentinel."""
         return self.put(np.full(n, self._sentinel(dtype), dtype), dtype)
 
+    def output(self, ptr, name):
+        """-> (an output buffer's contents, [a problem if a guard byte was written])"""
+        out, ok = self.get(ptr)
+        return out, [] if ok else [f"bytes written before / after {name}"]
+
+    def unchanged(self, ptr, a, name):
+        """[a problem if the input buffer at ptr no longer holds a bitwise, or its guards were written]"""
+        got, ok = self.get(ptr)
+        same = got.tobytes() == np.ascontiguousarray(a, got.dtype).ravel().tobytes()
+        return [] if ok and same else [f"{name} changed or its guards written"]
+
     def get(self, ptr):
         """-> (the buffer's contents, whether both guards kept their sentinel bytes)"""
         base, g0, g1, n, dtype = self.items[ptr]
