@@ -6,7 +6,7 @@
 //! upper-triangle order `(0,1), (0,2), …, (0,N−1), (1,2), …, (N−2,N−1)`: pair `(i, j)`, `i < j`,
 //! is `p = i(2N−i−1)/2 + (j−i−1)` ([`pair_index`](super::sym_scatter::pair_index)`(i, j, N, Triangle::Strict)`) — the order of the
 //! `sym_scatter` op, which scatters pair values back into symmetric `N×N` matrices (it takes the
-//! pairs on the last axis, `[.., P]`: `y` here is `[B, P, T]`, so `[B, T, P]` needs a transpose).
+//! pairs on the last axis, `[.., P]`: `y` here is `[B, P, T]`, so `[B, T, P]` needs a [`transpose`](super::transpose::transpose) of axis 1).
 //!
 //! Definition (that of current PyTorch `F.cosine_similarity`, ATen `cosine_similarity`: each
 //! vector divided by its norm clamped below at `eps`, then the dot product):
